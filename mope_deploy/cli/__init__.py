@@ -1,0 +1,1 @@
+"""The ``mope`` command line: argument parsing only; every command calls the library."""

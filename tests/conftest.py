@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny real models (random weights) and the path to ../shared/data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mope_deploy.models import SlimCLIP
+from mope_deploy.models.tiny import tiny_config
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def tiny_model() -> SlimCLIP:
+    torch.manual_seed(0)
+    return SlimCLIP(tiny_config()).eval()
+
+
+@pytest.fixture
+def flickr_dir() -> Path:
+    d = SHARED_DATA / "flickr8k-500"
+    if not (d / "captions.csv").is_file():
+        pytest.skip(f"real-photo data not present at {d} (it lives in ../shared/data beside the checkout)")
+    return d
