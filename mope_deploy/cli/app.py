@@ -24,6 +24,10 @@ MODEL_HELP = "'demo', a saved model directory, or an open_clip name (ViT-L-14 or
 
 def _register() -> None:
     from . import info  # noqa: F401  (commands register on import)
+    from . import importance, prune  # noqa: F401
+    from . import export  # noqa: F401
+    from . import eval  # noqa: F401
+    from . import bench  # noqa: F401
 
 
 def main() -> None:
