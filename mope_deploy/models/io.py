@@ -48,10 +48,19 @@ class _AtomicDir:
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
         return self.tmp
 
+    def _publish_permissions(self) -> None:
+        # mkdtemp makes 0700 dirs (and some writers 0600 files); the result should look like any other output
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)
+        for p in self.tmp.rglob("*"):
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        self._publish_permissions()
         old = None
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")

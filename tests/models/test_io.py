@@ -80,3 +80,15 @@ def test_save_is_atomic_and_replaces(tiny_model, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp dir left behind
     save_model(tiny_model, target, extra_files={"plan.json": "{}"})
     assert (target / "plan.json").read_text() == "{}"
+
+
+def test_saved_files_are_readable_by_others(tiny_model, tmp_path):
+    import os
+    import stat
+
+    d = tiny_model.save(tmp_path / "m")
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in (d, d / WEIGHTS_FILE, d / CONFIG_FILE):
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & 0o044 == 0o044 & ~umask, (p, oct(mode))

@@ -1,0 +1,304 @@
+"""The one training loop: contrastive pre-training now, knowledge distillation through the same loop later.
+
+>>> trainer = Trainer(model, TrainConfig(steps=1000, out_dir="runs/x"), data=synthetic_batches(model, 128))
+>>> trainer.train()                       # resumes from runs/x/last.pt when it exists
+
+What varies between uses is plugged in, not forked: the ``loss`` (``(student, batch, teacher) -> (loss,
+logs)``, see :mod:`~mope_deploy.distill.losses`), an optional frozen ``teacher`` whose outputs reach the loss,
+the ``forward`` that turns a model and a batch into :class:`Outputs` (override to return hidden states), and
+``eval_fn`` run every ``eval_every`` steps. The data is a function ``start -> iterator of batches`` that can
+restart at any micro-batch index, which is what makes resuming exact.
+
+Checkpoints (``last.pt``) hold model, optimizer, scheduler, RNG states and step; they are written to a
+temporary file and ``os.replace``-d into place, and read back with ``torch.load(weights_only=True)``.
+Metrics go to ``metrics.jsonl`` (one JSON object per logged step; lines past a resumed step are dropped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .losses import ContrastiveLoss, Loss, Outputs
+
+Batch = dict[str, Any]
+DataFn = Callable[[int], Iterable[Batch]]
+CHECKPOINT = "last.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (plain data; saved in every checkpoint and checked on resume)."""
+
+    steps: int
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0        # cosine decays to lr * min_lr_ratio
+    grad_accum: int = 1              # micro-batches per optimizer step
+    grad_clip: float | None = 1.0    # max global grad norm; None: no clipping
+    max_logit_scale: float = 100.0   # CLIP clamps exp(logit_scale) here
+    log_every: int = 10
+    checkpoint_every: int = 100
+    eval_every: int = 0              # 0: no periodic evaluation
+    seed: int = 0
+    out_dir: str | None = None       # None: no checkpoints or metrics files
+
+    def validate(self) -> "TrainConfig":
+        if self.steps <= 0:
+            raise ValueError(f"steps must be positive, got {self.steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warm-up from ~0 to 1 over ``warmup`` steps, then cosine down to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only; biases, LayerNorms and the temperature are not decayed (as open_clip does)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def clip_forward(model: nn.Module, batch: Batch) -> Outputs:
+    """Default forward: normalised image and text embeddings and ``exp(logit_scale)``."""
+    out = model(batch["images"], batch["tokens"])
+    return Outputs(image=out[0], text=out[1], logit_scale=out[2])
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+
+
+class Trainer:
+    """Optimises ``model`` on ``data`` with ``loss``; see the module docstring for the pluggable parts."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, data: DataFn, loss: Loss | None = None,
+                 teacher: nn.Module | None = None, forward: Callable[[nn.Module, Batch], Outputs] = clip_forward,
+                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None, progress: bool = True,
+                 device: str | torch.device = "cpu"):
+        self.config = config.validate()
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False) if teacher is not None else None
+        self.data, self.loss, self.forward = data, loss or ContrastiveLoss(), forward
+        self.eval_fn, self.progress = eval_fn, progress
+        self.optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
+                                           betas=tuple(config.betas), eps=config.eps)
+        c = config
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_with_warmup(s, c.warmup_steps, c.steps, c.min_lr_ratio))
+        self.step = 0
+        self.out_dir = Path(config.out_dir) if config.out_dir else None
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "config": self.config.to_dict()}
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write the full training state atomically (temp file in the same folder, then ``os.replace``)."""
+        path = Path(path) if path else self._require_out() / CHECKPOINT
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.state_dict(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` (weights only: nothing is unpickled)."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"checkpoint {path} cannot be read ({e}); delete it to start from scratch") from None
+        saved = state["config"]
+        for key in ("steps", "lr", "grad_accum", "warmup_steps", "seed"):
+            if saved.get(key) != getattr(self.config, key):
+                raise ValueError(f"checkpoint {path} was made with {key}={saved.get(key)!r} but this run has "
+                                 f"{key}={getattr(self.config, key)!r}; use the same settings or a new out_dir")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def _require_out(self) -> Path:
+        if self.out_dir is None:
+            raise ValueError("TrainConfig.out_dir is not set: checkpoints need a folder")
+        return self.out_dir
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.out_dir is not None:
+            with open(self.out_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _trim_metrics(self) -> None:
+        """After a resume, drop records logged after the checkpoint (they will be logged again)."""
+        path = self.out_dir / METRICS if self.out_dir else None
+        if path is None or not path.is_file():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, path)
+
+    # ---------------------------------------------------------------------------------------- training
+    def train(self, resume: bool = True) -> dict[str, float]:
+        """Run to ``config.steps`` (continuing from ``out_dir/last.pt`` if ``resume``); return the last logs."""
+        c = self.config
+        ckpt = self.out_dir / CHECKPOINT if self.out_dir is not None else None
+        if ckpt is not None and resume and ckpt.is_file():
+            self.load_checkpoint(ckpt)
+        elif self.step == 0:
+            torch.manual_seed(c.seed)
+            random.seed(c.seed)
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._trim_metrics()
+        batches: Iterator[Batch] = iter(self.data(self.step * c.grad_accum))
+        self.model.train()
+        logs: dict[str, float] = {}
+        t0, self._samples_seen = time.time(), 0
+        with _progress(self.progress) as bar:
+            task = bar.add_task("train", total=c.steps, completed=self.step, info="")
+            while self.step < c.steps:
+                logs = self._train_step(batches)
+                self.step += 1
+                if self.step % c.log_every == 0 or self.step == c.steps:
+                    logs.update(step=self.step,
+                                samples_per_s=self._samples_seen / max(1e-9, time.time() - t0))
+                    self._log(logs)
+                if c.eval_every and self.eval_fn is not None and (self.step % c.eval_every == 0 or self.step == c.steps):
+                    logs.update(self._evaluate())
+                if self.out_dir is not None and (self.step % c.checkpoint_every == 0 or self.step == c.steps):
+                    self.save_checkpoint()
+                bar.update(task, completed=self.step,
+                           info=f"loss {logs.get('loss', float('nan')):.3f} lr {self.scheduler.get_last_lr()[0]:.2e}")
+        self.model.eval()
+        return logs
+
+    def _train_step(self, batches: Iterator[Batch]) -> dict[str, float]:
+        c = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for _ in range(c.grad_accum):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise ValueError(f"the data ran out at step {self.step}; give an endless stream or fewer steps") from None
+            batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            student = self.forward(self.model, batch)
+            teacher = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher = self.forward(self.teacher, batch)
+            loss, parts = self.loss(student, batch, teacher)
+            (loss / c.grad_accum).backward()
+            self._samples_seen += len(batch["tokens"])
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v / c.grad_accum
+        sums["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+        if c.grad_clip is not None:
+            sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        scale = getattr(self.model, "logit_scale", None)
+        if scale is not None:
+            with torch.no_grad():
+                scale.clamp_(0, math.log(c.max_logit_scale))
+            sums["temperature"] = float(1 / scale.detach().exp())
+        return sums
+
+    def _evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        try:
+            result = {f"eval_{k}": float(v) for k, v in self.eval_fn(self.model).items()
+                      if isinstance(v, (int, float))}
+        finally:
+            self.model.train()
+        self._log({"step": self.step, **result})
+        return result
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                    disable=not enabled)
+
+
+def pil_batches(pairs: Callable[[int], Iterator[tuple[Any, str]]], preprocess: Callable, tokenizer: Callable,
+                batch_size: int) -> DataFn:
+    """Turn ``start_sample -> iterator of (PIL image, caption)`` into the trainer's ``start_batch -> batches``."""
+    if batch_size < 2:
+        raise ValueError(f"contrastive training needs batch_size >= 2, got {batch_size}")
+
+    def data(start: int) -> Iterator[Batch]:
+        it = pairs(start * batch_size)
+        while True:
+            chunk = [next(it) for _ in range(batch_size)]
+            yield {"images": torch.stack([preprocess(im) for im, _ in chunk]),
+                   "tokens": tokenizer([t for _, t in chunk])}
+
+    return data
+
+
+def synthetic_batches(model: nn.Module, batch_size: int, seed: int = 0) -> DataFn:
+    """The synthetic training stream (:mod:`mope_deploy.data.synthetic`) as batches for ``model``."""
+    from ..data.synthetic import stream
+
+    size = model.config.vision.image_size
+    return pil_batches(lambda start: stream(seed, start=start, size=size), model.preprocess, model.tokenizer,
+                       batch_size)
