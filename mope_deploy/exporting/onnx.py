@@ -1,0 +1,386 @@
+"""ONNX export of a SlimCLIP as two graphs, with a parity gate against torch.
+
+``image_encoder.onnx``: ``image`` float32 [B,3,S,S] -> ``embedding`` float32 [B,E];
+``text_encoder.onnx``: ``tokens`` int32 [B,ctx] -> ``embedding`` float32 [B,E]. The batch axis is dynamic
+(the graph is traced with a batch of 2 so no exporter can specialise it to 1).
+
+Text pooling is rebuilt from ops every runtime has: the EOT position is an ``ArgMax`` over a 0/1 float
+mask (``tokens == max(tokens)`` in int32, or ``tokens == eos_id``), never over int64 and never over ids
+cast to float (not exact once a graph is converted to fp16), and the pooled row is picked with
+``GatherElements``; the result equals :meth:`TextTower.pool_index` for every pooling convention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.slim_clip import SlimCLIP
+
+IMAGE_FILE = "image_encoder.onnx"
+TEXT_FILE = "text_encoder.onnx"
+MANIFEST_FILE = "manifest.json"
+MIN_OPSET = 17
+EXPORTERS = ("auto", "dynamo", "legacy")
+# "auto" = the exporter with the lower measured peak memory. benchmarks/export_memory.py on ViT-L-14 (random
+# weights, 2-core/24 GB machine): legacy peak RSS 6.0 GB (+3.5 GB over the loaded model), dynamo 4.5 GB (+2.0 GB).
+# Dynamo's known flaw (a traced batch of 1 is baked in) is avoided by tracing a batch of 2 with a batch Dim.
+AUTO_EXPORTER = "dynamo"
+# Weights above this go to a side file: ONNX protobufs cannot exceed 2 GiB, and loaders that mmap
+# external data use less memory, so we switch well before the limit.
+EXTERNAL_DATA_BYTES = 1 << 30
+FP32_ATOL = 1e-4
+
+# A few captions so the text parity check always sees real tokenizer output, even without --eval-data.
+SAMPLE_CAPTIONS = (
+    "a dog runs across the grass", "two people ride bicycles down a busy city street",
+    "a child in a red jacket jumps into a pile of leaves", "a black and white photo of a harbour at dawn",
+    "a plate of food", "an old man playing the accordion on a bridge while tourists walk past him",
+    "a", "three brown horses standing in a snowy field next to a wooden fence",
+)
+
+
+class ExportError(RuntimeError):
+    """An export that was refused (parity or recall gate) or could not be produced."""
+
+
+class ImageEncoder(nn.Module):
+    """``image`` [B,3,S,S] -> ``embedding`` [B,E] (optionally L2-normalised)."""
+
+    def __init__(self, model: SlimCLIP, normalize: bool = False):
+        super().__init__()
+        self.visual, self.normalize = model.visual, normalize
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.visual(image)
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+
+def pool_positions(tokens: torch.Tensor, pool: str, eos_id: int) -> torch.Tensor:
+    """EOT/pooling position per row, computed with ops every ONNX runtime supports (ArgMax on float32).
+
+    Ties resolve to the first index, like ``torch.argmax`` and ONNX ``ArgMax`` (``select_last_index=0``).
+    """
+    if pool == "argmax":  # CLIP BPE: EOT has the highest id. Compare in int32 and take the ArgMax of a 0/1
+        # mask: casting ids to float would break under fp16 conversion (ids > 2048 are not exact in fp16)
+        hit = tokens == tokens.amax(dim=-1, keepdim=True)
+    elif pool == "eos":  # first occurrence of eos_id, whatever its value in the vocabulary
+        hit = tokens == eos_id
+    else:
+        hit = None
+    if hit is not None:
+        return hit.to(torch.float32).argmax(dim=-1)
+    n = tokens.shape[1]
+    # first/last: a constant position, written as a data-dependent zero so the batch axis stays dynamic
+    return (tokens[:, 0] * 0).to(torch.int64) + (0 if pool == "first" else n - 1)
+
+
+class TextEncoder(nn.Module):
+    """``tokens`` int32 [B,ctx] -> ``embedding`` [B,E] with export-safe pooling.
+
+    LayerNorm is applied after picking the pooled row; it acts per token, so the result is the same
+    as the model's ``ln_final`` then pool, and the graph does ctx times less work there.
+    """
+
+    def __init__(self, model: SlimCLIP, normalize: bool = False):
+        super().__init__()
+        self.text, self.normalize = model.text, normalize
+        self.pool, self.eos_id = model.config.text.pool, model.config.text.eos_id
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = self.text
+        # index_select rather than nn.Embedding: the dynamo exporter names an embedding op's output
+        # "embedding", which collides with the graph output of that name; int32 indices gather as they are
+        x = t.token_embedding.weight.index_select(0, tokens.reshape(-1)).view(tokens.shape[0], tokens.shape[1], -1)
+        x = t.run_blocks(x + t.positional_embedding[: tokens.shape[1]].to(x.dtype))
+        idx = pool_positions(tokens, self.pool, self.eos_id)
+        pooled = x.gather(1, idx.view(-1, 1, 1).expand(-1, 1, x.shape[-1])).squeeze(1)
+        pooled = t.ln_final(pooled)
+        proj = t.text_projection
+        out = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+
+def encoder_specs(model: SlimCLIP) -> dict[str, dict[str, Any]]:
+    """Names, shapes (``"batch"`` for the dynamic axis) and dtypes of both graphs, for the manifest."""
+    v, t, e = model.config.vision, model.config.text, model.config.embed_dim
+    out = [{"name": "embedding", "dtype": "float32", "shape": ["batch", e]}]
+    return {
+        "image": {"file": IMAGE_FILE, "inputs": [{"name": "image", "dtype": "float32",
+                                                  "shape": ["batch", 3, v.image_size, v.image_size]}],
+                  "outputs": out},
+        "text": {"file": TEXT_FILE, "inputs": [{"name": "tokens", "dtype": "int32",
+                                                "shape": ["batch", t.context_length]}],
+                 "outputs": [dict(out[0])]},
+    }
+
+
+def random_tokens(model: SlimCLIP, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Plausible random int32 token rows: SOT-like id, random ids, one EOT at a random position, zero padding."""
+    cfg = model.config.text
+    n, vocab = cfg.context_length, cfg.vocab_size
+    ids = torch.randint(1, max(vocab - 1, 2), (batch, n), generator=generator)
+    ends = torch.randint(1, n, (batch,), generator=generator)
+    pos = torch.arange(n).expand(batch, n)
+    ids = torch.where(pos > ends[:, None], torch.zeros_like(ids), ids)
+    ids[torch.arange(batch), ends] = cfg.eos_id
+    return ids.to(torch.int32)
+
+
+def tokenize(model: SlimCLIP, captions: Sequence[str]) -> torch.Tensor:
+    """The model's own tokenizer, as int32."""
+    toks = model.tokenizer(list(captions))
+    vocab = model.config.text.vocab_size
+    if int(toks.max()) >= vocab:
+        raise ExportError(f"the model's tokenizer ({model.config.tokenizer}) produces id {int(toks.max())} but the "
+                          f"text tower has {vocab} embeddings: fix config.tokenizer (or pass real_tokens)")
+    return toks.to(torch.int32)
+
+
+def _check_opset(opset: int) -> None:
+    if not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(f"opset {opset!r} is too old: use opset >= {MIN_OPSET} (LayerNormalization is a "
+                         "single op from 17 on, which runtimes fuse and TensorRT keeps in fp32)")
+
+
+def resolve_exporter(exporter: str) -> str:
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
+    return AUTO_EXPORTER if exporter == "auto" else exporter
+
+
+def as_fp32(model: SlimCLIP) -> SlimCLIP:
+    """The model in fp32 eval mode; a copy when it is not fp32 already (the caller's model is left alone)."""
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        import copy
+
+        model = copy.deepcopy(model).float()
+    return model.eval()
+
+
+def _param_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def export_graph(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, opset: int,
+                 exporter: str, external_data: bool) -> None:
+    """Export one encoder to ``path`` with a dynamic batch axis; weights to ``path.data`` if ``external_data``."""
+    path = Path(path)
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with torch.no_grad(), warnings.catch_warnings(), quiet, _quiet_loggers("torch.onnx", "onnxscript"):
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            prog = torch.onnx.export(module, (example,), None, input_names=[input_name],
+                                     output_names=["embedding"], opset_version=opset, dynamo=True,
+                                     dynamic_shapes={input_name: {0: batch}}, verbose=False)
+            prog.save(str(path), external_data=external_data)
+        else:
+            torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=["embedding"],
+                              opset_version=opset, dynamo=False, do_constant_folding=True,
+                              dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}})
+            if external_data:
+                _to_external_data(path)
+    _check_graph(path, input_name)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """The exporters log routine notes (opset up-conversion) as warnings; keep a CLI run readable."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _to_external_data(path: Path) -> None:
+    import onnx
+
+    m = onnx.load(str(path))
+    for f in path.parent.glob(path.name + ".data"):
+        f.unlink()
+    onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+
+
+def _check_graph(path: Path, input_name: str) -> None:
+    """The saved graph is valid ONNX with the contract's names and a symbolic batch axis."""
+    import onnx
+
+    onnx.checker.check_model(str(path))  # by path: works for external data and > 2 GiB
+    m = onnx.load(str(path), load_external_data=False)
+    ins = [i.name for i in m.graph.input]
+    outs = [o.name for o in m.graph.output]
+    if ins != [input_name] or outs != ["embedding"]:
+        raise ExportError(f"{path.name}: expected input {input_name!r} and output 'embedding', got {ins} -> {outs}")
+    for v in (m.graph.input[0], m.graph.output[0]):
+        d0 = v.type.tensor_type.shape.dim[0]
+        if d0.HasField("dim_value"):
+            raise ExportError(f"{path.name}: the exporter fixed the batch axis of {v.name!r} to {d0.dim_value}; "
+                              "export with a batch of 2 or more and a dynamic batch dimension")
+
+
+def graph_opset(path: str | Path) -> int:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def ort_session(path: str | Path, threads: int | None = None, providers: Iterable[str] = ("CPUExecutionProvider",)):
+    """An ONNX Runtime session (CPU by default) with a bounded thread count."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
+
+
+def run_session(session, inputs: torch.Tensor | np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Run a one-input session in chunks of ``batch_size`` rows."""
+    name = session.get_inputs()[0].name
+    arr = inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs
+    outs = [session.run(None, {name: arr[i:i + batch_size]})[0] for i in range(0, len(arr), batch_size)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "n": int(len(a))}
+
+
+@torch.no_grad()
+def parity_check(model: SlimCLIP, bundle_dir: str | Path, normalize: bool = False, atol: float = FP32_ATOL,
+                 batch_sizes: Sequence[int] = (1, 3), real_images: torch.Tensor | None = None,
+                 real_tokens: torch.Tensor | None = None, files: dict[str, str] | None = None,
+                 seed: int = 0) -> dict[str, Any]:
+    """ONNX Runtime vs torch (the model's own ``encode_*``) on random and real inputs, per batch size.
+
+    Returns ``{"atol", "passed", "image": {"random": {...}, "real": {...}}, "text": {...}}`` with the max
+    and mean absolute differences; ``passed`` is False if any max exceeds ``atol``.
+    """
+    bundle_dir = Path(bundle_dir)
+    files = files or {"image": IMAGE_FILE, "text": TEXT_FILE}
+    g = torch.Generator().manual_seed(seed)
+    size = model.config.vision.image_size
+    model = model.eval()
+    report: dict[str, Any] = {"atol": atol, "batch_sizes": list(batch_sizes)}
+    worst = 0.0
+    for tower in ("image", "text"):
+        sess = ort_session(bundle_dir / files[tower])
+        encode = model.encode_image if tower == "image" else model.encode_text
+        cases: dict[str, torch.Tensor] = {}
+        n = sum(batch_sizes)
+        if tower == "image":
+            cases["random"] = torch.randn(n, 3, size, size, generator=g)
+            if real_images is not None:
+                cases["real"] = real_images
+        else:
+            cases["random"] = random_tokens(model, n, g)
+            cases["real"] = real_tokens if real_tokens is not None else tokenize(model, SAMPLE_CAPTIONS)
+        rep: dict[str, Any] = {}
+        for kind, x in cases.items():
+            ref = encode(x.to(torch.int64) if tower == "text" else x, normalize=normalize).float().numpy()
+            if kind == "random":  # split into the requested batch sizes so each is run as its own batch
+                got, start = [], 0
+                for b in batch_sizes:
+                    got.append(run_session(sess, x[start:start + b], batch_size=b))
+                    start += b
+                out = np.concatenate(got)
+            else:
+                out = run_session(sess, x, batch_size=max(batch_sizes))
+            rep[kind] = _diff(out, ref)
+            worst = max(worst, rep[kind]["max_abs"])
+        report[tower] = rep
+    report["max_abs"] = worst
+    report["passed"] = bool(worst <= atol)
+    return report
+
+
+def write_onnx(model: SlimCLIP, out_dir: str | Path, opset: int = MIN_OPSET, normalize: bool = False,
+               exporter: str = "auto", external_data: bool | None = None,
+               example_batch: int = 2) -> dict[str, Any]:
+    """Write both graphs into an existing directory (not atomic; :func:`export_onnx` wraps it)."""
+    _check_opset(opset)
+    exporter = resolve_exporter(exporter)
+    if example_batch < 2:
+        raise ValueError("example_batch must be >= 2: exporters specialise a traced batch of 1 into the graph")
+    out_dir = Path(out_dir)
+    model = as_fp32(model)
+    g = torch.Generator().manual_seed(0)
+    size = model.config.vision.image_size
+    info: dict[str, Any] = {"exporter": exporter, "normalize": normalize, "external_data": {}}
+    for tower, module, example, name, file in (
+        ("image", ImageEncoder(model, normalize), torch.randn(example_batch, 3, size, size, generator=g), "image",
+         IMAGE_FILE),
+        ("text", TextEncoder(model, normalize), random_tokens(model, example_batch, g), "tokens", TEXT_FILE),
+    ):
+        ext = _param_bytes(module) > EXTERNAL_DATA_BYTES if external_data is None else external_data
+        export_graph(module.eval(), example, out_dir / file, name, opset, exporter, ext)
+        info["external_data"][tower] = ext
+    info["opset"] = graph_opset(out_dir / IMAGE_FILE)
+    return info
+
+
+def export_onnx(model: SlimCLIP, out_dir: str | Path, batch_sizes: Sequence[int] = (1, 8, 64), opset: int = 17,
+                normalize: bool = False, exporter: str = "auto", external_data: bool | None = None,
+                atol: float = FP32_ATOL, real_images: torch.Tensor | None = None,
+                real_tokens: torch.Tensor | None = None) -> dict[str, Any]:
+    """Export ``model`` to an ONNX bundle in ``out_dir`` (atomically) and return its manifest.
+
+    Writes ``image_encoder.onnx`` (``image`` float32 [B,3,S,S] -> ``embedding`` float32 [B,E]),
+    ``text_encoder.onnx`` (``tokens`` int32 [B,ctx] -> ``embedding``), ``*.onnx.data`` when weights are
+    large (``external_data=None``: above 1 GiB per graph) and ``manifest.json``. ``batch_sizes`` are
+    (min, opt, max) for the dynamic batch axis. The export is refused (``ExportError``, nothing left in
+    ``out_dir``) unless ONNX Runtime matches torch within ``atol`` on random and real inputs. ``exporter``:
+    ``legacy`` (TorchScript), ``dynamo`` or ``auto`` (the one with the lower measured peak memory: dynamo). For variants, engines and Triton use
+    :func:`mope_deploy.exporting.export_bundle`.
+    """
+    from .bundle import export_bundle
+
+    return export_bundle(model, out_dir, formats=("onnx",), precision="fp32", batch_sizes=batch_sizes,
+                         opset=opset, normalize=normalize, exporter=exporter, external_data=external_data,
+                         atol=atol, real_images=real_images, real_tokens=real_tokens, optimize=False)
+
+
+def check_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, int, int]:
+    """(min, opt, max) from 1-3 positive ints; clear error otherwise."""
+    bs = [int(b) for b in batch_sizes]
+    if not 1 <= len(bs) <= 3 or any(b < 1 for b in bs):
+        raise ValueError(f"batch sizes {list(batch_sizes)} invalid: give MIN,OPT,MAX positive integers, e.g. 1,8,64")
+    if len(bs) == 1:
+        bs = [1, bs[0], bs[0]]
+    elif len(bs) == 2:
+        bs = [bs[0], bs[1], bs[1]]
+    if not bs[0] <= bs[1] <= bs[2]:
+        raise ValueError(f"batch sizes {bs} must satisfy MIN <= OPT <= MAX")
+    return bs[0], bs[1], bs[2]
+
+
+def onnx_size(path: str | Path) -> int:
+    """Bytes of a graph including its external data file."""
+    p = Path(path)
+    return p.stat().st_size + sum(f.stat().st_size for f in p.parent.glob(p.name + ".data"))
+
+
+__all__ = ["IMAGE_FILE", "TEXT_FILE", "MANIFEST_FILE", "ExportError", "ImageEncoder", "TextEncoder",
+           "export_onnx", "write_onnx", "parity_check", "pool_positions", "random_tokens", "tokenize",
+           "encoder_specs", "ort_session", "run_session", "check_batch_sizes"]

@@ -1,0 +1,142 @@
+"""ONNX variants of an fp32 bundle and how each is judged: ORT transformer fusions, int8, fp16.
+
+Every variant keeps the bundle's I/O contract (float32 images / int32 tokens in, float32 embedding out),
+so a runtime can swap files without changing its code. Quality is measured as retrieval on an evaluation
+set through ONNX Runtime itself, compared with the fp32 graph on the same inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .onnx import ort_session, run_session
+
+
+def _has_external_data(path: Path) -> bool:
+    return any(path.parent.glob(path.name + ".data"))
+
+
+def _save(model, dst: Path, external: bool) -> None:
+    import onnx
+
+    if external:
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=dst.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(dst))
+
+
+def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "clip") -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer (its fusions: SkipLayerNorm, BiasGelu, Attention where the
+    pattern matches); returns the fused-operator counts. ``opt_level=0`` keeps the graph free of
+    provider-specific rewrites, so the file runs on any execution provider."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    src, dst = Path(src), Path(dst)
+    # num_heads/hidden_size 0: read from the graph per node, since pruned blocks differ in head count
+    om = optimize_model(str(src), model_type=model_type, num_heads=0, hidden_size=0, opt_level=0)
+    om.save_model_to_file(str(dst), use_external_data_format=_has_external_data(src))
+    return {k: int(v) for k, v in om.get_fused_operator_statistics().items() if v}
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Dynamic int8 quantisation (int8 weights, activations quantised per call) of MatMul/Gemm with ORT.
+
+    The token embedding table (Gather) and the patch Conv stay fp32: they are a small share of the
+    compute and quantising them costs recall for nothing on CPU.
+    """
+    src, dst = Path(src), Path(dst)
+    ops = ["MatMul", "Gemm"]
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT logs a generic "consider pre-processing" warning on every call
+    try:
+        _quantize(src, dst, ops)
+    finally:
+        root.setLevel(level)
+    return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": True,
+            "op_types": ops}
+
+
+def _quantize(src: Path, dst: Path, ops: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # QInt8 weights use the VNNI/AVX2 integer kernels of x86 CPUs
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=ops,
+                     per_channel=True, use_external_data_format=_has_external_data(src),
+                     # fused contrib ops (BiasGelu, SkipLayerNorm) defeat ONNX shape inference: their outputs are fp32
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """fp16 weights and activations for GPU execution providers, float32 I/O kept (``keep_io_types``).
+
+    LayerNormalization and the final normalisation run in fp32 (blocked ops get casts around them): fp16
+    LayerNorm overflows on large activations, the pitfall TensorRT users hit too.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src))
+    blocked = ["LayerNormalization", "SkipLayerNormalization", "ReduceL2", "ReduceSumSquare", "ReduceMean", "Pow",
+               "Sqrt", "ArgMax"]
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
+    _save(model, dst, _has_external_data(src))
+    return {"method": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
+            "fp32_ops": blocked}
+
+
+def _normalize(x: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(x).double()
+    return torch.nn.functional.normalize(t, dim=-1).float()
+
+
+def _run_with_progress(session, x: torch.Tensor, batch_size: int, bar, label: str) -> np.ndarray:
+    if bar is None:
+        return run_session(session, x, batch_size)
+    task = bar.add_task(label, total=len(x))
+    parts = []
+    for i in range(0, len(x), batch_size):
+        parts.append(run_session(session, x[i:i + batch_size], batch_size))
+        bar.advance(task, min(batch_size, len(x) - i))
+    return np.concatenate(parts)
+
+
+def onnx_retrieval(image_file: str | Path, text_file: str | Path, images: torch.Tensor, tokens: torch.Tensor,
+                   txt2img: torch.Tensor, batch_size: int = 32, progress: bool = False,
+                   label: str = "") -> dict[str, Any]:
+    """Retrieval metrics (percent) of a pair of ONNX encoders on prepared inputs, run with ONNX Runtime CPU."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..eval.retrieval import retrieval_metrics
+
+    ctx = (Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), transient=True) if progress else contextlib.nullcontext())
+    with ctx as bar:
+        img = _run_with_progress(ort_session(image_file), images.float(), batch_size, bar, f"{label} images")
+        txt = _run_with_progress(ort_session(text_file), tokens.to(torch.int32), batch_size, bar, f"{label} captions")
+    metrics = retrieval_metrics(_normalize(img), _normalize(txt), txt2img)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def embedding_agreement(ref_files: tuple[Path, Path], files: tuple[Path, Path], images: torch.Tensor,
+                        tokens: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Max abs difference and min cosine similarity of a variant's embeddings vs the fp32 graphs."""
+    out = {}
+    for tower, x, ref, new in (("image", images.float(), ref_files[0], files[0]),
+                               ("text", tokens.to(torch.int32), ref_files[1], files[1])):
+        a = run_session(ort_session(ref), x, 16)
+        b = run_session(ort_session(new), x, 16)
+        cos = (_normalize(a) * _normalize(b)).sum(-1)
+        out[tower] = {"max_abs": float(np.abs(a - b).max()), "min_cosine": float(cos.min())}
+    return out
