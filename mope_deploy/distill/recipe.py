@@ -50,6 +50,9 @@ class PruneSpec(_Strict):
     metric: Literal["recall_mean", "tr_mean", "ir_mean"] = "recall_mean"
     neuron_groups: int = Field(32, gt=0)
     allocation: Literal["per-block", "global"] = "per-block"
+    order: Literal["width-first", "depth-first", "joint"] = Field(
+        "width-first", description="fine-tuning stage only (paper Table 9): width then depth with a distillation "
+                                   "after each, depth then width, or both at once from one scoring of the teacher")
 
     @model_validator(mode="after")
     def _some_target(self):

@@ -12,6 +12,14 @@ restart at any micro-batch index, which is what makes resuming exact.
 Checkpoints (``last.pt``) hold model, optimizer, scheduler, RNG states and step; they are written to a
 temporary file and ``os.replace``-d into place, and read back with ``torch.load(weights_only=True)``.
 Metrics go to ``metrics.jsonl`` (one JSON object per logged step; lines past a resumed step are dropped).
+With ``eval_every`` and ``best_metric``, the weights with the best evaluation so far are kept in ``best/``
+(a model directory).
+
+Under ``torchrun`` (the caller joins the process group, e.g. :func:`mope_deploy.distributed.init_from_env`)
+every rank draws the same global batch and trains on its own rows; image and text embeddings (student and
+teacher) are all-gathered with their gradient path so contrastive terms see the whole global batch, and
+gradients are averaged over ranks before clipping: the update equals a one-process run on the global batch.
+Rank 0 alone writes checkpoints, metrics and evaluations. On CUDA, ``amp`` runs the forward in bfloat16.
 """
 
 from __future__ import annotations
@@ -30,11 +38,14 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from .. import distributed as D
+from ..progress import progress_bar
 from .losses import ContrastiveLoss, Loss, Outputs
 
 Batch = dict[str, Any]
 DataFn = Callable[[int], Iterable[Batch]]
 CHECKPOINT = "last.pt"
+BEST = "best"
 METRICS = "metrics.jsonl"
 
 
@@ -55,6 +66,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     eval_every: int = 0              # 0: no periodic evaluation
+    best_metric: str | None = "recall_mean"  # eval key whose best value keeps weights in out_dir/best
+    amp: bool = True                 # bfloat16 autocast on CUDA (ignored on CPU)
     seed: int = 0
     out_dir: str | None = None       # None: no checkpoints or metrics files
 
@@ -131,12 +144,16 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_with_warmup(s, c.warmup_steps, c.steps, c.min_lr_ratio))
         self.step = 0
+        self.best: float | None = None
         self.out_dir = Path(config.out_dir) if config.out_dir else None
+        self.rank, self.world = D.rank_world()
+        self.master = self.rank == 0
 
     # ------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "config": self.config.to_dict()}
+                "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "config": self.config.to_dict(),
+                "best": self.best}
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Write the full training state atomically (temp file in the same folder, then ``os.replace``)."""
@@ -171,6 +188,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.best = state.get("best")
 
     def _require_out(self) -> Path:
         if self.out_dir is None:
@@ -178,7 +196,7 @@ class Trainer:
         return self.out_dir
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.master:
             with open(self.out_dir / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -202,14 +220,14 @@ class Trainer:
         elif self.step == 0:
             torch.manual_seed(c.seed)
             random.seed(c.seed)
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.master:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._trim_metrics()
         batches: Iterator[Batch] = iter(self.data(self.step * c.grad_accum))
         self.model.train()
         logs: dict[str, float] = {}
         t0, self._samples_seen = time.time(), 0
-        with _progress(self.progress) as bar:
+        with progress_bar(self.progress and self.master, info=True) as bar:
             task = bar.add_task("train", total=c.steps, completed=self.step, info="")
             while self.step < c.steps:
                 logs = self._train_step(batches)
@@ -221,7 +239,9 @@ class Trainer:
                 if c.eval_every and self.eval_fn is not None and (self.step % c.eval_every == 0 or self.step == c.steps):
                     logs.update(self._evaluate())
                 if self.out_dir is not None and (self.step % c.checkpoint_every == 0 or self.step == c.steps):
-                    self.save_checkpoint()
+                    if self.master:
+                        self.save_checkpoint()
+                    D.barrier()
                 bar.update(task, completed=self.step,
                            info=f"loss {logs.get('loss', float('nan')):.3f} lr {self.scheduler.get_last_lr()[0]:.2e}")
         self.model.eval()
@@ -236,18 +256,23 @@ class Trainer:
                 batch = next(batches)
             except StopIteration:
                 raise ValueError(f"the data ran out at step {self.step}; give an endless stream or fewer steps") from None
+            if self.world > 1:
+                rows = D.shard(len(batch["tokens"]))
+                batch = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            student = self.forward(self.model, batch)
-            teacher = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher = self.forward(self.teacher, batch)
-            loss, parts = self.loss(student, batch, teacher)
+            with self._autocast():
+                student = _gathered(self.forward(self.model, batch))
+                teacher = None
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher = _gathered(self.forward(self.teacher, batch))
+                loss, parts = self.loss(student, batch, teacher)
             (loss / c.grad_accum).backward()
-            self._samples_seen += len(batch["tokens"])
+            self._samples_seen += len(batch["tokens"]) * self.world
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v / c.grad_accum
         sums["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+        D.average_gradients([p for p in self.model.parameters() if p.requires_grad])
         if c.grad_clip is not None:
             sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
         self.optimizer.step()
@@ -259,24 +284,41 @@ class Trainer:
             sums["temperature"] = float(1 / scale.detach().exp())
         return sums
 
+    def _autocast(self):
+        import contextlib
+
+        if self.config.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _evaluate(self) -> dict[str, float]:
-        self.model.eval()
-        try:
-            result = {f"eval_{k}": float(v) for k, v in self.eval_fn(self.model).items()
-                      if isinstance(v, (int, float))}
-        finally:
-            self.model.train()
-        self._log({"step": self.step, **result})
+        """Evaluate on rank 0 (others wait); keep the best weights by ``config.best_metric``."""
+        result: dict[str, float] = {}
+        if self.master:
+            self.model.eval()
+            try:
+                result = {f"eval_{k}": float(v) for k, v in self.eval_fn(self.model).items()
+                          if isinstance(v, (int, float))}
+            finally:
+                self.model.train()
+            self._log({"step": self.step, **result})
+            key = f"eval_{self.config.best_metric}" if self.config.best_metric else None
+            if key in result and (self.best is None or result[key] > self.best):
+                self.best = result[key]
+                if self.out_dir is not None and hasattr(self.model, "config"):
+                    from ..models.io import save_model
+
+                    save_model(self.model, self.out_dir / BEST)
+        D.barrier()
         return result
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    disable=not enabled)
+def _gathered(out: Outputs) -> Outputs:
+    """The global batch's embeddings on every rank (a no-op in one process); hidden states stay local."""
+    if D.rank_world()[1] == 1:
+        return out
+    return Outputs(image=D.all_gather_with_grad(out.image), text=D.all_gather_with_grad(out.text),
+                   logit_scale=out.logit_scale, extra=out.extra)
 
 
 def pil_batches(pairs: Callable[[int], Iterator[tuple[Any, str]]], preprocess: Callable, tokenizer: Callable,

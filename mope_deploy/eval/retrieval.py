@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
+from ..progress import progress_bar
 
 KS = (1, 5, 10)
 METRIC_KEYS = ("tr1", "tr5", "tr10", "ir1", "ir5", "ir10", "recall_mean", "tr_mean", "ir_mean")
@@ -126,14 +127,6 @@ def naive_retrieval_metrics(img_emb: Tensor, txt_emb: Tensor, txt2img: Tensor | 
 # From a model and a dataset to embeddings and metrics.
 
 
-def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled, transient=False)
-
-
 class _Preprocessed(torch.utils.data.Dataset):
     """Images -> (tensor | None, index, error); a failing image is reported, never raised."""
 
@@ -207,7 +200,7 @@ def encode_inputs(model, dataset, batch_size: int = 64, num_workers: int = 0, pr
     """
     preprocess, tokenizer = model.preprocess, model.tokenizer
     chunks, kept = [], []
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("preprocess images", total=len(dataset.images))
         for x, idx, bad in iter_image_batches(dataset, preprocess, batch_size, num_workers):
             _record_failures(dataset, bad)
@@ -251,7 +244,7 @@ def evaluate(model, dataset, batch_size: int = 64, device: str | torch.device | 
     dev, dtype = _model_device_dtype(model)
     preprocess, tokenizer = model.preprocess, model.tokenizer
     img_parts, kept = [], []
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("encode images", total=len(dataset.images))
         for x, idx, bad in iter_image_batches(dataset, preprocess, batch_size, num_workers):
             _record_failures(dataset, bad)

@@ -11,7 +11,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .retrieval import _model_device_dtype, _progress, _record_failures, iter_image_batches
+from ..progress import progress_bar
+from .retrieval import _model_device_dtype, _record_failures, iter_image_batches
 
 # Our own prompt set, in the spirit of CLIP's ImageNet ensemble: photo styles, sizes, renderings.
 TEMPLATES: tuple[str, ...] = (
@@ -112,7 +113,7 @@ def evaluate_zeroshot(model, dataset, templates: Sequence[str] = TEMPLATES, batc
     dev, dtype = _model_device_dtype(model)
     classes = class_embeddings(model, dataset.classnames, templates)
     embs, labels = [], []
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("classify images", total=len(dataset.images))
         for x, idx, bad in iter_image_batches(dataset, model.preprocess, batch_size, num_workers):
             _record_failures(dataset, bad)

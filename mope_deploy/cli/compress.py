@@ -1,0 +1,56 @@
+"""``mope compress [RECIPE] [--out DIR]``: run a compression recipe end to end (resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .app import app
+from .common import console, user_errors
+
+
+@app.command()
+def compress(
+    recipe: str = typer.Argument("demo", help="A recipe YAML path or a name under recipes/ (default: demo)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>). "
+                                       "Rerunning with the same directory resumes an interrupted run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Score, prune and distil a CLIP model as the recipe says; print the before/after table."""
+    from ..distill.pipelines import compress as run_compress
+    from ..distill.recipe import load_recipe
+
+    with user_errors():
+        r = load_recipe(recipe)
+        out = out or Path("runs") / r.name
+        console.print(f"[bold]mope compress[/]: recipe {r.name} ({r.stage} stage, teacher {r.teacher}) -> {out}")
+        report = run_compress(r, out, progress=not quiet, log=lambda m: console.print(m, highlight=False))
+    console.print(report_table(report))
+    console.print(f"model, plan, scores, metrics and report.json in {out}")
+
+
+def report_table(report: dict) -> Table:
+    """Teacher vs student: size, compute and test recall."""
+    t, s = report["teacher"], report["student"]
+    table = Table(title=f"{report['recipe']}: teacher vs student on {report.get('test_data', 'test')}")
+    for col in ("", "teacher", "student", "ratio"):
+        table.add_column(col, justify="right")
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "-"
+
+    table.add_row("block params (M)", f"{t['params'] / 1e6:.2f}", f"{s['params'] / 1e6:.2f}",
+                  ratio(t["params"], s["params"]))
+    for tower in ("vision", "text"):
+        table.add_row(f"  {tower} (M)", f"{t['towers'][tower]['params'] / 1e6:.2f}",
+                      f"{s['towers'][tower]['params'] / 1e6:.2f}",
+                      ratio(t["towers"][tower]["params"], s["towers"][tower]["params"]))
+    table.add_row("all params (M)", f"{t['params_total'] / 1e6:.2f}", f"{s['params_total'] / 1e6:.2f}",
+                  ratio(t["params_total"], s["params_total"]))
+    table.add_row("GFLOPs", f"{t['gflops']:.3f}", f"{s['gflops']:.3f}", ratio(t["gflops"], s["gflops"]))
+    for k in ("tr1", "tr5", "tr10", "ir1", "ir5", "ir10", "recall_mean"):
+        table.add_row(k, f"{t[k]:.2f}", f"{s[k]:.2f}", f"{s[k] / t[k] * 100:.1f}%" if t[k] else "-")
+    return table
