@@ -54,14 +54,19 @@ def run(which: list[str], out: Path, recipe: str) -> dict[str, Any]:
     base = load_recipe(recipe).model_dump(mode="json")
     results: dict[str, Any] = {"date": dt.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
                                "recipe": recipe, "tables": {}}
+    done: dict[str, dict[str, Any]] = {}  # identical variants (e.g. the base recipe) run once
     for name in which:
         rows = {}
         for row, d in tables(base)[name].items():
-            d = {**d, "name": f"{base['name']}-{name}-{row}".replace(" ", "_").replace("/", "")}
-            t0 = time.perf_counter()
-            report = compress(parse_recipe(d), out / name / d["name"], progress=False, log=lambda m: None)
-            rows[row] = {"student": report["student"], "teacher": report["teacher"],
-                         "seconds": round(time.perf_counter() - t0, 1)}
+            key = json.dumps(d, sort_keys=True)
+            if key not in done:
+                d = {**d, "name": f"{base['name']}-{name}-{row}".replace(" ", "_").replace("/", "")}
+                t0 = time.perf_counter()
+                report = compress(parse_recipe(d), out / d["name"], progress=False, log=lambda m: None)
+                done[key] = {"student": report["student"], "teacher": report["teacher"], "run": d["name"],
+                             "seconds": round(time.perf_counter() - t0, 1), "stages": report["stages"]}
+            rows[row] = done[key]
+            report = rows[row]
             print(f"{name:8s} {row:12s} TR mean {_tr(report['student']):6.2f} RM {report['student']['recall_mean']:6.2f}"
                   f" params {report['student']['params'] / 1e6:.3f}M", flush=True)
         results["tables"][name] = rows

@@ -240,10 +240,7 @@ class Pipeline:
         return self._finish(teacher, student, plan)
 
     def _target(self, tower: str, width: bool, depth: bool) -> Target:
-        p = self.recipe.prune
-        t = getattr(p, tower)
-        return Target(tower=tower, width=t.width if width else None, depth=t.depth if depth else None,
-                      depth_method=p.depth_method, allocation=p.allocation, mlp_ratio=t.mlp_ratio)
+        return recipe_target(self.recipe, tower, width, depth)
 
     def _pretraining(self, teacher: SlimCLIP, towers: tuple[str, ...]) -> tuple[SlimCLIP, PruningPlan]:
         p = self.recipe.prune
@@ -254,11 +251,7 @@ class Pipeline:
         plan_path = self.out / "plan_teacher.json"
 
         def make() -> PruningPlan:
-            plan = None
-            for t in towers:  # one plan per tower (widths may differ), merged
-                tower_target = self._target(t, width=True, depth=True)
-                tp = make_plan(teacher.config, tower_target, width_table, depth_table, teacher=self.recipe.teacher)
-                plan = tp if plan is None else _merge(plan, tp, t)
+            plan = pretraining_plan(self.recipe, teacher.config, width_table, depth_table)
             plan.save(plan_path)
             return plan
 
@@ -319,6 +312,24 @@ class Pipeline:
         report["stages"] = dict(self.state.done)
         atomic_write_text(self.out / REPORT, json.dumps(report, indent=1))
         return report
+
+
+def recipe_target(recipe: Recipe, tower: str, width: bool = True, depth: bool = True) -> Target:
+    """The recipe's width and/or depth target for one tower."""
+    p = recipe.prune
+    t = getattr(p, tower)
+    return Target(tower=tower, width=t.width if width else None, depth=t.depth if depth else None,
+                  depth_method=p.depth_method, allocation=p.allocation, mlp_ratio=t.mlp_ratio)
+
+
+def pretraining_plan(recipe: Recipe, config, width_table: ScoreTable | None,
+                     depth_table: ScoreTable | None) -> PruningPlan:
+    """Width and depth of every pruned tower at once (one plan per tower, since widths may differ, merged)."""
+    plan = None
+    for t in recipe.towers:
+        tp = make_plan(config, recipe_target(recipe, t), width_table, depth_table, teacher=recipe.teacher)
+        plan = tp if plan is None else _merge(plan, tp, t)
+    return plan
 
 
 def compose_plans(first: PruningPlan, second: PruningPlan) -> PruningPlan:

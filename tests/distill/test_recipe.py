@@ -71,3 +71,64 @@ def test_bad_values_are_named():
 def test_missing_recipe_lists_available():
     with pytest.raises(RecipeError, match="not found.*mope-clip-base"):
         load_recipe("nope")
+
+
+def _random_table(config, method="mope"):
+    """Random scores shaped like ``config`` (latency and shapes do not depend on the values)."""
+    import random
+
+    from mope_deploy.importance import ScoreTable, TowerScores
+
+    rng = random.Random(0)
+    towers = {}
+    for name in ("vision", "text"):
+        blocks = config.tower(name).blocks
+        towers[name] = TowerScores(head=[[rng.random() for _ in range(b.heads)] for b in blocks],
+                                   neuron=[[rng.random() for _ in range(32)] for _ in blocks],
+                                   layer=[rng.random() for _ in blocks],
+                                   neuron_order=[rng.sample(range(b.mlp), b.mlp) for b in blocks])
+    return ScoreTable(method=method, model_hash=f"{config.arch_hash()}:random", towers=towers, n_groups=32)
+
+
+# (vision width, vision depth, vision block params M incl. embeddings, text block params M) from the paper
+PAPER_SHAPES = {"mope-clip-large": (512, 24, 153, 42), "mope-clip-base": (384, 18, 86, 42),
+                "mope-clip-small": (384, 18, 86, 21)}
+
+
+@pytest.mark.parametrize("name", list(PAPER_SHAPES))
+def test_paper_recipes_build_the_paper_students_from_vit_l14(name):
+    from mope_deploy.distill.pipelines import pretraining_plan
+    from mope_deploy.models import load_config, model_stats
+
+    r = load_recipe(name)
+    teacher = load_config(r.teacher)
+    table = _random_table(teacher)
+    plan = pretraining_plan(r, teacher, table, table)
+    student = plan.apply_config(teacher)
+    vw, vd, vparams, tparams = PAPER_SHAPES[name]
+    assert [b.heads * 64 for b in student.vision.blocks] == [vw] * vd
+    assert [b.mlp for b in student.vision.blocks] == [4 * vw] * vd
+    assert [b.heads * 64 for b in student.text.blocks] == [r.prune.text.width] * 12
+    stats = model_stats(student)
+    assert stats["vision"]["params_total"] / 1e6 == pytest.approx(vparams, abs=1.0)
+    assert stats["text"]["params"] / 1e6 == pytest.approx(tparams, abs=0.7)
+
+
+@pytest.mark.parametrize("name,tower,width,depth", [("mope-clip-v", "vision", 384, 18), ("mope-clip-t", "text", 384, 12)])
+def test_finetuning_recipes_build_their_shapes(name, tower, width, depth):
+    from mope_deploy.distill.pipelines import compose_plans, recipe_target
+    from mope_deploy.models import load_config
+    from mope_deploy.pruning.plan import make_plan
+
+    r = load_recipe(name)
+    teacher = load_config(r.teacher)
+    table = _random_table(teacher)
+    plan = make_plan(teacher, recipe_target(r, tower, depth=False), table, None)
+    mid = plan.apply_config(teacher)
+    if getattr(r.prune, tower).depth:
+        plan = compose_plans(plan, make_plan(mid, recipe_target(r, tower, width=False), None, _random_table(mid)))
+    student = plan.apply_config(teacher)
+    blocks = student.tower(tower).blocks
+    assert len(blocks) == depth and all(b.heads * 64 == width and b.mlp == 4 * width for b in blocks)
+    other = "text" if tower == "vision" else "vision"
+    assert student.tower(other) == teacher.tower(other)
