@@ -8,7 +8,6 @@ import time
 
 import open_clip
 import torch
-import torch.nn.functional as F
 
 from mope_deploy import from_open_clip
 from mope_deploy.models import slim_clip

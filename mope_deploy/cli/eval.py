@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -12,6 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from ..atomic import atomic_write_text
 from .app import MODEL_HELP, app
 from .common import console, err_console, user_errors
 
@@ -26,18 +25,7 @@ DATA_HELP = ("retrieval: 'synthetic[:SPLIT]', a CSV/TSV (or a folder with captio
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a temp file beside the target, renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 @app.command("eval")

@@ -20,7 +20,6 @@ import torch
 
 from ..models import CLIPConfig, SlimCLIP, TextConfig, VisionConfig, uniform_blocks
 from ..models.io import save_model
-from ..models.processing import ASSETS
 from ..models.registry import DEMO_DIR
 
 BPE_FILE = "bpe_10k.txt.gz"           # the first 10,000 merges of open_clip's BPE vocabulary

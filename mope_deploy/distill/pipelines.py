@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
 import torch.nn.functional as F
 
 from ..data.datasets import RetrievalDataset, load_dataset
 from ..eval.retrieval import encode_inputs, evaluate
 from ..importance import ScoreTable, score
-from ..importance.table import atomic_write_text
+from ..atomic import atomic_write_text
 from ..models import SlimCLIP, load, load_model, model_stats, save_model
 from ..models.io import CONFIG_FILE, WEIGHTS_FILE
 from ..progress import progress_bar

@@ -27,9 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ import torch
 from torch import nn
 
 from .. import distributed as D
+from ..atomic import atomic_file, atomic_write_text
 from ..progress import progress_bar
 from .losses import ContrastiveLoss, Loss, Outputs
 
@@ -158,17 +157,8 @@ class Trainer:
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Write the full training state atomically (temp file in the same folder, then ``os.replace``)."""
         path = Path(path) if path else self._require_out() / CHECKPOINT
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as f:
+            torch.save(self.state_dict(), f)
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -205,10 +195,8 @@ class Trainer:
         path = self.out_dir / METRICS if self.out_dir else None
         if path is None or not path.is_file():
             return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, path)
+        keep = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= self.step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     # ---------------------------------------------------------------------------------------- training
     def train(self, resume: bool = True) -> dict[str, float]:
@@ -311,6 +299,14 @@ class Trainer:
                     save_model(self.model, self.out_dir / BEST)
         D.barrier()
         return result
+
+
+def _logged_step(line: str) -> float:
+    """Step of a metrics.jsonl line; a line cut short by a kill counts as past any checkpoint (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def _gathered(out: Outputs) -> Outputs:

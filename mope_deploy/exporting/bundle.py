@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..models.io import atomic_dir
+from ..atomic import atomic_dir
 from ..models.slim_clip import SlimCLIP
 from . import onnx as ox
 from .manifest import MANIFEST_FILE, plan_hash, write_manifest

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..models.config import CLIPConfig
 
 TOWERS = ("vision", "text")
@@ -29,23 +28,6 @@ FORMAT_VERSION = 1
 
 class ScoreTableError(ValueError):
     """A score table that is malformed or does not belong to the model it is used with."""
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so readers see the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def group_bounds(n_neurons: int, n_groups: int) -> list[int]:

@@ -7,15 +7,13 @@ checks every tensor against the config before anything is used.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..atomic import atomic_dir
 from .config import CLIPConfig, ConfigError
 from .slim_clip import SlimCLIP
 
@@ -27,58 +25,15 @@ class ModelFileError(ValueError):
     """A model directory that is missing, corrupt, or whose weights do not fit its config."""
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_dir(target: str | Path) -> "_AtomicDir":
-    """Context manager yielding a temp dir that replaces ``target`` only if the block succeeds."""
-    return _AtomicDir(Path(target))
-
-
-class _AtomicDir:
-    def __init__(self, target: Path):
-        self.target = target
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
-        return self.tmp
-
-    def _publish_permissions(self) -> None:
-        # mkdtemp makes 0700 dirs (and some writers 0600 files); the result should look like any other output
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)
-        for p in self.tmp.rglob("*"):
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        self._publish_permissions()
-        old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def save_model(model: SlimCLIP, directory: str | Path, extra_files: dict[str, str | bytes] | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (plus ``extra_files``) into ``directory`` atomically."""
     directory = Path(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_dir(directory) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "arch_hash": model.config.arch_hash()})
-        _fsync_write(tmp / CONFIG_FILE, json.dumps(model.config.to_dict(), indent=2).encode())
+        (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2))
         for name, content in (extra_files or {}).items():
-            _fsync_write(tmp / name, content.encode() if isinstance(content, str) else content)
+            (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
     return directory
 
 

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..importance.table import TOWERS, ScoreTable, atomic_write_text
+from ..atomic import atomic_write_text
+from ..importance.table import TOWERS, ScoreTable
 from ..models.config import BlockConfig, CLIPConfig
 from ..models.counting import model_stats
 

@@ -21,14 +21,6 @@ from mope_deploy.pruning import PruningPlan, apply_plan, plan_masks
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny forwards: a second spinning thread only slows a shared CPU down
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def model_dir(tiny_model, tmp_path):
     return tiny_model.save(tmp_path / "teacher")

@@ -17,10 +17,7 @@ from mope_deploy.models.registry import DEMO_DIR
 
 @pytest.fixture(scope="module")
 def demo():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a busy machine threads wait on each other; one is faster for this size
-    yield load("demo")
-    torch.set_num_threads(n)
+    return load("demo")
 
 
 def test_demo_is_shipped_small_and_documented(demo):

@@ -19,15 +19,6 @@ from mope_deploy.models.tiny import tiny_config
 VOCAB = 512 + 10_000 + 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices gain nothing from threads, and on a busy machine threads wait on each other (~10x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(seed: int = 0) -> SlimCLIP:
     cfg = tiny_config(width=32, depth=1, heads=2, head_dim=16, image_size=32, patch_size=8, context_length=16,
                       vocab_size=VOCAB, embed_dim=16)

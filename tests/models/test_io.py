@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mope_deploy.models import ModelFileError, load, load_model, save_model
-from mope_deploy.models.io import CONFIG_FILE, WEIGHTS_FILE, atomic_dir
+from mope_deploy.atomic import atomic_dir
+from mope_deploy.models.io import CONFIG_FILE, WEIGHTS_FILE
 
 
 def test_round_trip_is_bit_exact(tiny_model, tmp_path):
