@@ -28,6 +28,7 @@ def _register() -> None:
     from . import export  # noqa: F401
     from . import eval  # noqa: F401
     from . import compress  # noqa: F401
+    from . import bench  # noqa: F401
 
 
 def main() -> None:

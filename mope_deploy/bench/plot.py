@@ -1,0 +1,66 @@
+"""Latency vs parameters, one line per backend (one panel per batch size), as a PNG."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def model_points(results: Sequence[dict[str, Any]]) -> dict[tuple[int, str], list[tuple[float, float, str]]]:
+    """``{(batch, backend): [(params, latency_ms, model), ...]}`` sorted by params; a model's latency and
+    params are summed over the towers measured."""
+    acc: dict[tuple[int, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for r in results:
+        a = acc[(r["batch"], r["backend"], r["model"])]
+        a[0] += r["params"]
+        a[1] += r["median_ms"]
+    out: dict[tuple[int, str], list[tuple[float, float, str]]] = defaultdict(list)
+    for (batch, backend, model), (params, ms) in acc.items():
+        out[(batch, backend)].append((params, ms, model))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def plot_latency(report: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """Write the plot to ``path`` (PNG, written atomically)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--plot writes a PNG: give a file name ending in .png, got {path.name!r}")
+    points = model_points(report["results"])
+    if not points:
+        raise ValueError("nothing to plot: the report has no results")
+    batches = sorted({b for b, _ in points})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.2), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        for (b, backend), pts in sorted(points.items()):
+            if b != batch:
+                continue
+            xs, ys = [p[0] / 1e6 for p in pts], [p[1] for p in pts]
+            ax.plot(xs, ys, marker="o", label=backend)
+            for x, y, name in pts:
+                ax.annotate(name, (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        ax.set_xlabel("parameters (M, transformer blocks)")
+        ax.set_ylabel("latency (ms, median)")
+        ax.set_title(f"batch {batch}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    env = report.get("environment", {})
+    fig.suptitle(title or f"{env.get('gpu') or env.get('cpu', '')} ({env.get('device', '')})", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path

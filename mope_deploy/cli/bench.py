@@ -1,0 +1,151 @@
+"""``mope bench MODEL... | --paper``: latency per model x backend x batch size, as a table, JSON and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich import box
+from rich.table import Table
+
+from .app import MODEL_HELP, app
+from .common import console, user_errors
+
+BACKEND_HELP = ("torch, torch-compile, open_clip (an open_clip name, eager), onnxruntime, onnxruntime-int8, tensorrt "
+                "(an export bundle with engines; CUDA). Repeat or separate with commas.")
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet, transient=True)
+
+
+def results_tables(report: dict[str, Any]) -> list[Table]:
+    """One table per tower: latency per call (ms), throughput, block params, GFLOPs per item."""
+    tables = []
+    for tower, unit in (("vision", "img/s"), ("text", "txt/s")):
+        rows = [r for r in report["results"] if r["tower"] == tower]
+        if not rows:
+            continue
+        t = Table(title=f"{tower} tower: latency per call (ms)", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("model", "backend", "B", "median", "p90", "min", unit, "Mparams", "GFLOPs"):
+            left = col in ("model", "backend")
+            t.add_column(col, justify="left" if left else "right", overflow="fold", no_wrap=not left,
+                         min_width=8 if col == "model" else (11 if col == "backend" else None))
+        for r in rows:
+            t.add_row(r["model"], r["backend"], str(r["batch"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                      f"{r['min_ms']:.2f}", f"{r['throughput']:.1f}", f"{r['params'] / 1e6:.1f}", f"{r['gflops']:.2f}")
+        tables.append(t)
+    return tables
+
+
+def paper_rich_tables(report: dict[str, Any]) -> list[Table]:
+    """Measured Table 7 beside the paper's, one table per backend: latency (ms), speed-up, FLOP ratio and
+    their ratio (eff: 1.0 = the speed-up the FLOPs promise)."""
+    p = report["paper"]
+    tables = []
+    for backend in p["backends"]:
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False,
+                  title=f"Table 7 here: {backend}, batch {p['batch']}, {p['device']} (paper: V100, batch 64)")
+        cols = ["model", "Mpar", "GFLOP", "ms", "speedup", "flop x", "eff", "paper ms", "paper x"]
+        if "reference" in report:
+            cols.append("vs oc")
+        for c in cols:
+            t.add_column(c, justify="left" if c == "model" else "right", no_wrap=True)
+        for r in (r for r in report["paper_table"] if r["backend"] == backend):
+            row = [r["model"].replace("MoPE-CLIP ", "").replace("CLIP-", ""), f"{r['params_m']:.0f}",
+                   f"{r['gflops']:.1f}", f"{r['latency_ms']:.1f}", f"{r['speedup']:.2f}x", f"{r['flop_ratio']:.2f}x",
+                   f"{r['efficiency']:.2f}", f"{r['paper_latency_ms']:.1f}", f"{r['paper_speedup']:.2f}x"]
+            if "reference" in report:
+                row.append(f"{r['speedup_vs_reference']:.2f}x")
+            t.add_row(*row)
+        tables.append(t)
+    return tables
+
+
+@app.command("bench")
+def bench(
+    models: Optional[List[str]] = typer.Argument(None, help=MODEL_HELP + " Also an export bundle directory."),
+    backend: List[str] = typer.Option(["torch"], "--backend", "-b", help=BACKEND_HELP),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated batch sizes (default 1,8; "
+                                              "--paper: 64 on a GPU, 8 on a CPU)."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls before timing (compilation, caches)."),
+    iters: int = typer.Option(10, "--iters", min=1, help="Timed calls per model, backend, batch size and tower."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads for torch and ONNX "
+                                          "Runtime (default: their own defaults)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    paper: bool = typer.Option(False, "--paper", help="Benchmark the paper's ViT-L/14 teacher and MoPE-CLIP "
+                               "large/base/small shapes (random weights) and compare with its Table 7."),
+    teacher: str = typer.Option("ViT-L-14", "--teacher", help="With --paper: the teacher whose shape the students "
+                                "are cut from (the paper's is ViT-L-14; any MODEL works, e.g. a saved directory)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="With --paper: 'open_clip' also times the "
+                                            "teacher in open_clip eager and reports speed-ups against it."),
+    interleave: Optional[bool] = typer.Option(None, "--interleave/--sequential", help="Time all encoders "
+                                              "round-robin (fair on a busy machine; all models in memory at once) or "
+                                              "one after another (default; --paper defaults to --interleave)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report to this JSON file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write latency vs parameters to this PNG."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Time encoders: median / p90 / min latency and throughput per tower, with params and GFLOPs."""
+    from ..bench.paper import default_batch, run_paper
+    from ..bench.run import parse_batch_sizes, parse_list, run_bench, write_json
+
+    with user_errors():
+        backends = parse_list(backend, "backend")
+        from ..bench.run import check_backends
+        check_backends(backends)
+        if plot is not None and plot.suffix.lower() != ".png":
+            raise ValueError(f"--plot writes a PNG: give a file name ending in .png, got {plot.name!r}")
+        if paper and models:
+            raise ValueError("--paper builds its own models: drop the MODEL arguments (or drop --paper)")
+        if reference and not paper:
+            raise ValueError("--reference only applies with --paper")
+        sizes = parse_batch_sizes(batch_sizes) if batch_sizes else None
+        with _progress(quiet) as prog:
+            task = prog.add_task("starting", total=None)
+            step = lambda s: prog.update(task, description=s)  # noqa: E731
+            tick = lambda: prog.advance(task)  # noqa: E731
+            if paper:
+                import torch
+                dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+                if sizes and len(sizes) != 1:
+                    raise ValueError("--paper runs one batch size: give one value to --batch-sizes")
+                batch = sizes[0] if sizes else default_batch(dev)
+                runs = 4 * len(backends) + (1 if reference else 0)
+                prog.update(task, total=runs * 2 * (warmup + iters))
+                if not sizes and batch != 64:
+                    console.print(f"[yellow]CPU run: batch {batch} instead of the paper's 64 (pass --batch-sizes 64 "
+                                  "to match it; ViT-L/14 at 64 takes minutes per call on a CPU)[/]")
+                report = run_paper(backends, batch, warmup=warmup, iters=iters, threads=threads, device=dev,
+                                   teacher=teacher, reference=reference, on_step=step, on_iter=tick,
+                                   interleave=True if interleave is None else interleave)
+            else:
+                if not models:
+                    raise ValueError("no MODEL given: pass one or more models (demo, a model directory, an open_clip "
+                                     "name, an export bundle) or use --paper")
+                sizes = sizes or [1, 8]
+                prog.update(task, total=len(models) * len(backends) * len(sizes) * 2 * (warmup + iters))
+                report = run_bench(models, backends, sizes, warmup=warmup, iters=iters, threads=threads,
+                                   device=device, on_step=step, on_iter=tick, interleave=bool(interleave))
+        for table in results_tables(report):
+            console.print(table)
+        if paper:
+            for table in paper_rich_tables(report):
+                console.print(table)
+            console.print(f"[dim]{report['paper']['latency']}; {report['paper']['note']}; eff = speedup / flop x"
+                          + ("; vs oc = speed-up against the teacher in open_clip eager" if "reference" in report
+                             else "") + "[/]")
+        env = report["environment"]
+        console.print(f"[dim]device {env['device']} ({env['gpu'] or env['cpu']}), torch threads "
+                      f"{env['threads']['torch_intra_op']}, ONNX Runtime threads {env['threads']['onnxruntime_intra_op']}"
+                      f"{', env ' + str(env['env']) if env['env'] else ''}[/]")
+        if json_out:
+            write_json(report, json_out)
+            console.print(f"report written to {json_out}")
+        if plot:
+            from ..bench.plot import plot_latency
+            plot_latency(report, plot)
+            console.print(f"plot written to {plot}")
