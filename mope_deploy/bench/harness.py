@@ -7,11 +7,11 @@ import math
 import os
 import platform
 import time
-from importlib import metadata
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..exporting.manifest import library_versions
 from ..models.config import CLIPConfig
 
 LIBRARIES = ("mope-deploy", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "open_clip_torch", "tensorrt", "numpy")
@@ -113,16 +113,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def environment(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
     """Where a benchmark ran: device, CPU model, cores, thread settings, library versions."""
     import torch
@@ -139,7 +129,7 @@ def environment(device: str = "cpu", threads: int | None = None) -> dict[str, An
         "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
         "torch_cpu_capability": _cpu_capability(torch),
         "torch_mkl": bool(torch.backends.mkl.is_available()),
-        "versions": library_versions(),
+        "versions": library_versions(LIBRARIES),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return env

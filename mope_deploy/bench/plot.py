@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
+from ..atomic import atomic_file
 
 
 def model_points(results: Sequence[dict[str, Any]]) -> dict[tuple[int, str], list[tuple[float, float, str]]]:
@@ -53,14 +52,9 @@ def plot_latency(report: dict[str, Any], path: str | Path, title: str | None = N
     env = report.get("environment", {})
     fig.suptitle(title or f"{env.get('gpu') or env.get('cpu', '')} ({env.get('device', '')})", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
+        with atomic_file(path) as f:
+            fig.savefig(f, dpi=120, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..models.config import CLIPConfig
 from ..models.counting import model_stats
+from ..atomic import atomic_write_text
 from ..runtime import BACKENDS, check_backend, is_bundle, open_encoder
 from .harness import bench_inputs, environment, throughput, time_fn, time_interleaved
 
@@ -220,17 +220,4 @@ def _default_device() -> str:
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
     """Write ``report`` to ``path`` atomically (temp file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read and committed
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(report, indent=2))

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich import box
+from rich.progress import Progress
 from rich.table import Table
 
+from ..progress import progress_bar
 from .app import MODEL_HELP, app
 from .common import console, user_errors
 
@@ -18,8 +19,7 @@ BACKEND_HELP = ("torch, torch-compile, open_clip (an open_clip name, eager), onn
 
 
 def _progress(quiet: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet, transient=True)
+    return progress_bar(not quiet, console=console)
 
 
 def results_tables(report: dict[str, Any]) -> list[Table]:

@@ -28,10 +28,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the libraries that shape an export (None: not installed)."""
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (default: the libraries that shape an export; None: not installed)."""
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

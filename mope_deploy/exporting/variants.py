@@ -116,12 +116,10 @@ def onnx_retrieval(image_file: str | Path, text_file: str | Path, images: torch.
     """Retrieval metrics (percent) of a pair of ONNX encoders on prepared inputs, run with ONNX Runtime CPU."""
     import contextlib
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    from ..progress import progress_bar
     from ..eval.retrieval import retrieval_metrics
 
-    ctx = (Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), transient=True) if progress else contextlib.nullcontext())
+    ctx = progress_bar() if progress else contextlib.nullcontext()
     with ctx as bar:
         img = _run_with_progress(ort_session(image_file), images.float(), batch_size, bar, f"{label} images")
         txt = _run_with_progress(ort_session(text_file), tokens.to(torch.int32), batch_size, bar, f"{label} captions")
