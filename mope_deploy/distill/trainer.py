@@ -144,6 +144,7 @@ class Trainer:
             self.optimizer, lambda s: cosine_with_warmup(s, c.warmup_steps, c.steps, c.min_lr_ratio))
         self.step = 0
         self.best: float | None = None
+        self._samples_seen = 0
         self.out_dir = Path(config.out_dir) if config.out_dir else None
         self.rank, self.world = D.rank_world()
         self.master = self.rank == 0
