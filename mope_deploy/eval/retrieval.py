@@ -161,6 +161,20 @@ def iter_image_batches(dataset, preprocess: Callable, batch_size: int = 64, num_
     yield from loader
 
 
+def _map_images(dataset, preprocess: Callable, batch_size: int, num_workers: int, bar, label: str,
+                fn: Callable[[Tensor], Tensor]) -> tuple[list[Tensor], list[int]]:
+    """``fn`` over every decodable image batch (failures recorded in the dataset report) and the kept indices."""
+    parts, kept = [], []
+    task = bar.add_task(label, total=len(dataset.images))
+    for x, idx, bad in iter_image_batches(dataset, preprocess, batch_size, num_workers):
+        _record_failures(dataset, bad)
+        if x is not None:
+            parts.append(fn(x))
+            kept.extend(idx)
+        bar.advance(task, len(idx) + len(bad))
+    return parts, kept
+
+
 def _record_failures(dataset, bad: list[tuple[int, str]]) -> None:
     names = getattr(dataset, "image_names", None)
     seen = {s["item"] for s in dataset.report.skipped if s["reason"] == "unreadable image"}
@@ -199,15 +213,9 @@ def encode_inputs(model, dataset, batch_size: int = 64, num_workers: int = 0, pr
     (N*3*S*S*4 bytes); use :func:`evaluate` to stream large sets.
     """
     preprocess, tokenizer = model.preprocess, model.tokenizer
-    chunks, kept = [], []
     with progress_bar(progress) as bar:
-        task = bar.add_task("preprocess images", total=len(dataset.images))
-        for x, idx, bad in iter_image_batches(dataset, preprocess, batch_size, num_workers):
-            _record_failures(dataset, bad)
-            if x is not None:
-                chunks.append(x)
-                kept.extend(idx)
-            bar.advance(task, len(idx) + len(bad))
+        chunks, kept = _map_images(dataset, preprocess, batch_size, num_workers, bar, "preprocess images",
+                                   lambda x: x)
     caps, t2i = _remap(dataset, kept)
     tokens = _tokenize(tokenizer, [dataset.captions[c] for c in caps])
     return torch.cat(chunks).float(), tokens, torch.tensor(t2i, dtype=torch.long)
@@ -243,15 +251,9 @@ def evaluate(model, dataset, batch_size: int = 64, device: str | torch.device | 
     model.eval()
     dev, dtype = _model_device_dtype(model)
     preprocess, tokenizer = model.preprocess, model.tokenizer
-    img_parts, kept = [], []
     with progress_bar(progress) as bar:
-        task = bar.add_task("encode images", total=len(dataset.images))
-        for x, idx, bad in iter_image_batches(dataset, preprocess, batch_size, num_workers):
-            _record_failures(dataset, bad)
-            if x is not None:
-                img_parts.append(model.encode_image(x.to(dev, dtype), normalize=True).float().cpu())
-                kept.extend(idx)
-            bar.advance(task, len(idx) + len(bad))
+        img_parts, kept = _map_images(dataset, preprocess, batch_size, num_workers, bar, "encode images",
+                                      lambda x: model.encode_image(x.to(dev, dtype), normalize=True).float().cpu())
         caps, t2i = _remap(dataset, kept)
         task = bar.add_task("encode captions", total=len(caps))
         txt_parts = []
