@@ -17,6 +17,8 @@ def compress(
     recipe: str = typer.Argument("demo", help="A recipe YAML path or a name under recipes/ (default: demo)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>). "
                                        "Rerunning with the same directory resumes an interrupted run."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run in --out (default), "
+                                "or delete it and start over."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: "
                                           "torch's choice; 1 is fastest for the demo on a busy 2-core machine)."),
@@ -33,6 +35,10 @@ def compress(
     with user_errors():
         r = load_recipe(recipe)
         out = out or Path("runs") / r.name
+        if not resume and out.exists():
+            import shutil
+
+            shutil.rmtree(out)
         console.print(f"[bold]mope compress[/]: recipe {r.name} ({r.stage} stage, teacher {r.teacher}) -> {out}")
         report = run_compress(r, out, progress=not quiet, log=lambda m: console.print(m, highlight=False))
     console.print(report_table(report))

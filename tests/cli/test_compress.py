@@ -35,6 +35,12 @@ def test_compress_cli_runs_a_recipe_and_prints_the_table(tiny_model, tmp_path):
     assert "teacher vs student" in res.output and "recall_mean" in res.output
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["params"] < report["teacher"]["params"]
+    stamp = (out / "state.json").stat().st_mtime_ns
+    res = runner.invoke(app, ["compress", str(path), "--out", str(out), "--quiet"])  # resumes: nothing to redo
+    assert res.exit_code == 0 and (out / "state.json").stat().st_mtime_ns == stamp
+    assert "already done" in res.output
+    res = runner.invoke(app, ["compress", str(path), "--out", str(out), "--quiet", "--restart"])
+    assert res.exit_code == 0 and (out / "state.json").stat().st_mtime_ns != stamp
 
 
 def test_compress_cli_bad_recipe_is_one_clear_line(tmp_path):
