@@ -60,18 +60,35 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's tensor; the backward pass sums the gradient over ranks and keeps this rank's slice
+    (each rank's loss depends on every rank's rows)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        rank, world = rank_world()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``x`` along dim 0, keeping the gradient path to the local part.
 
     Contrastive losses need the whole global batch as negatives; with this, every rank computes the loss of the
-    global batch and, after gradient averaging, the update equals a one-process run on that batch.
+    global batch and, after gradient averaging, the update equals a one-process run on that batch. All ranks must
+    pass the same number of rows.
     """
-    _, world = rank_world()
-    if world == 1:
+    if rank_world()[1] == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _AllGather.apply(x)
 
 
 def average_gradients(params) -> None:

@@ -234,6 +234,7 @@ class Trainer:
                 bar.update(task, completed=self.step,
                            info=f"loss {logs.get('loss', float('nan')):.3f} lr {self.scheduler.get_last_lr()[0]:.2e}")
         self.model.eval()
+        D.barrier()  # no rank leaves (and tears the group down) while another still writes its last checkpoint
         return logs
 
     def _train_step(self, batches: Iterator[Batch]) -> dict[str, float]:

@@ -65,6 +65,7 @@ def main() -> None:
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in t.model.state_dict().items()}, f"{out}/final.safetensors")
+    D.barrier()
     D.destroy()
 
 
