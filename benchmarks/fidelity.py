@@ -50,10 +50,13 @@ def tables(base: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     }
 
 
-def run(which: list[str], out: Path, recipe: str) -> dict[str, Any]:
+def run(which: list[str], out: Path, recipe: str, seed: int | None = None) -> dict[str, Any]:
     base = load_recipe(recipe).model_dump(mode="json")
+    if seed is not None:
+        base["train"]["seed"] = seed
+        base["name"] = f"{base['name']}-seed{seed}"
     results: dict[str, Any] = {"date": dt.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-                               "recipe": recipe, "tables": {}}
+                               "recipe": recipe, "seed": base["train"]["seed"], "tables": {}}
     done: dict[str, dict[str, Any]] = {}  # identical variants (e.g. the base recipe) run once
     for name in which:
         rows = {}
@@ -100,10 +103,11 @@ def main() -> None:
     ap.add_argument("--tables", default="width,depth,strategy,kd")
     ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
     ap.add_argument("--recipe", default="demo-finetune")
+    ap.add_argument("--seed", type=int, default=None, help="override the recipe's training seed")
     args = ap.parse_args()
-    results = run(args.tables.split(","), args.out, args.recipe)
+    results = run(args.tables.split(","), args.out, args.recipe, args.seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"fidelity-{results['date']}"
+    stem = RESULTS / (f"fidelity-{results['date']}" + (f"-seed{args.seed}" if args.seed is not None else ""))
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
     stem.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
