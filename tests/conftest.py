@@ -24,6 +24,45 @@ def tiny_model() -> SlimCLIP:
 
 
 @pytest.fixture
+def model_dir(tiny_model, tmp_path) -> Path:
+    """The tiny model saved as a model directory."""
+    return tiny_model.save(tmp_path / "model")
+
+
+@pytest.fixture
+def caption_csv(tmp_path):
+    """Factory: write ``images`` (PIL) with their captions as an open_clip-style CSV; returns its path.
+
+    ``captions[i]`` lists image i's captions; ``extra_rows`` are appended verbatim (e.g. a missing file).
+    """
+    def make(images, captions, header: str = "image,caption", extra_rows=(), name: str = "data") -> Path:
+        root = tmp_path / name
+        (root / "images").mkdir(parents=True)
+        rows = [header]
+        for i, (im, caps) in enumerate(zip(images, captions)):
+            im.save(root / "images" / f"{i}.png")
+            rows += [f"{i}.png,{c}" for c in caps]
+        rows += list(extra_rows)
+        (root / "captions.csv").write_text("\n".join(rows) + "\n")
+        return root / "captions.csv"
+
+    return make
+
+
+@pytest.fixture
+def noise_images():
+    """Factory: ``n`` seeded random-noise RGB images."""
+    from PIL import Image
+
+    def make(n: int, size: int = 36, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        return [Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy())
+                for _ in range(n)]
+
+    return make
+
+
+@pytest.fixture
 def flickr_dir() -> Path:
     d = SHARED_DATA / "flickr8k-500"
     if not (d / "captions.csv").is_file():

@@ -14,15 +14,9 @@ _register()
 runner = CliRunner()
 
 
-def test_compress_cli_runs_a_recipe_and_prints_the_table(tiny_model, tmp_path):
-    root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    rows = ["filepath,title"]
-    for i, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):
-        Image.new("RGB", (40, 40), rgb).save(root / "images" / f"{i}.png")
-        rows += [f"{i}.png,colour {i}", f"{i}.png,square number {i}"]
-    (root / "captions.csv").write_text("\n".join(rows) + "\n")
-    data = str(root / "captions.csv")
+def test_compress_cli_runs_a_recipe_and_prints_the_table(tiny_model, tmp_path, caption_csv):
+    images = [Image.new("RGB", (40, 40), rgb) for rgb in [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]]
+    data = str(caption_csv(images, [[f"colour {i}", f"square number {i}"] for i in range(4)], header="filepath,title"))
     recipe = {"name": "cli-tiny", "teacher": str(tiny_model.save(tmp_path / "teacher")), "stage": "pretraining",
               "data": {"train": data, "val": data, "test": data, "train_split": "test", "val_split": "test"},
               "prune": {"vision": {"width": 32}, "text": {"width": 32}, "method": "magnitude", "neuron_groups": 4},

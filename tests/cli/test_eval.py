@@ -19,29 +19,17 @@ from mope_deploy.eval.retrieval import METRIC_KEYS, evaluate
 runner = CliRunner()
 
 
+@pytest.fixture
+def csv_data(caption_csv, noise_images):
+    caps = [[f"photo {i} first caption", f"photo {i} second caption"] for i in range(4)]
+    return caption_csv(noise_images(4), caps, extra_rows=["missing.png,nobody"])
+
+
 def _png(i: int) -> bytes:
     g = torch.Generator().manual_seed(i)
     buf = io.BytesIO()
     Image.fromarray((torch.rand(36, 36, 3, generator=g) * 255).to(torch.uint8).numpy()).save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture
-def model_dir(tiny_model, tmp_path):
-    return tiny_model.save(tmp_path / "model")
-
-
-@pytest.fixture
-def csv_data(tmp_path):
-    d = tmp_path / "data"
-    (d / "images").mkdir(parents=True)
-    rows = ["image,caption"]
-    for i in range(4):
-        (d / "images" / f"{i}.png").write_bytes(_png(i))
-        rows += [f"{i}.png,photo {i} first caption", f"{i}.png,photo {i} second caption"]
-    rows.append("missing.png,nobody")
-    (d / "captions.csv").write_text("\n".join(rows) + "\n")
-    return d / "captions.csv"
 
 
 def test_eval_csv_writes_json_matching_the_library(model_dir, csv_data, tmp_path, tiny_model):

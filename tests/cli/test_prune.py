@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 import mope_deploy.cli.importance  # noqa: F401  (registers the commands this file tests)
@@ -22,21 +20,9 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def model_dir(tiny_model, tmp_path):
-    return tiny_model.save(tmp_path / "teacher")
-
-
-@pytest.fixture
-def csv_data(tmp_path):
-    d = tmp_path / "data"
-    (d / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = ["image,caption"]
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(d / "images" / f"{i}.png")
-        rows += [f"{i}.png,a noisy photo number {i}", f"{i}.png,picture {i} of static"]
-    (d / "captions.csv").write_text("\n".join(rows) + "\n")
-    return d / "captions.csv"
+def csv_data(caption_csv, noise_images):
+    caps = [[f"a noisy photo number {i}", f"picture {i} of static"] for i in range(5)]
+    return caption_csv(noise_images(5), caps)
 
 
 def _ok(result):

@@ -20,15 +20,9 @@ RGB = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (128, 0, 128), (255
 
 
 @pytest.fixture
-def csv_data(tmp_path):
-    root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    rows = ["filepath,title"]
-    for i, (name, rgb) in enumerate(zip(COLOURS, RGB)):
-        Image.new("RGB", (40, 40), rgb).save(root / "images" / f"{i}.png")
-        rows += [f"{i}.png,a {name} square", f"{i}.png,something {name}"]
-    (root / "captions.csv").write_text("\n".join(rows) + "\n")
-    return root / "captions.csv"
+def csv_data(caption_csv):
+    images = [Image.new("RGB", (40, 40), rgb) for rgb in RGB]
+    return caption_csv(images, [[f"a {c} square", f"something {c}"] for c in COLOURS], header="filepath,title")
 
 
 def _recipe(teacher, data, stage="pretraining", **prune):
