@@ -15,8 +15,8 @@ import torch
 
 from mope_deploy.distill.kd import DistillationLoss, KDWeights, block_map
 from mope_deploy.distill.losses import ContrastiveLoss
-from mope_deploy.distill.pipelines import hidden_forward, pretraining_plan
-from mope_deploy.distill.recipe import load_recipe
+from mope_deploy.compress import load_recipe, pretraining_plan
+from mope_deploy.distill.kd import hidden_forward
 from mope_deploy.distill.trainer import TrainConfig, Trainer, synthetic_batches
 from mope_deploy.importance import score
 from mope_deploy.models import load
@@ -31,7 +31,8 @@ def setup():
     teacher = load("demo").eval()
     recipe = load_recipe("demo")
     table = score(teacher, method="magnitude", n_groups=16)  # shapes matter here, not which units are kept
-    plan = pretraining_plan(recipe, teacher.config, table, table)
+    plan = pretraining_plan(recipe, teacher.config,
+                            {m: table for m in (recipe.prune.method, recipe.prune.depth_method)})
     batch = next(iter(synthetic_batches(teacher, BATCH)(0)))
     return teacher, apply_plan(teacher, plan), batch
 

@@ -26,17 +26,11 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 @pytest.fixture(scope="module")
 def setup():
     from mope_deploy.data.datasets import load_dataset
-    from mope_deploy.data.train_demo import demo_config
     from mope_deploy.eval.retrieval import encode_inputs
-    from mope_deploy.models import SlimCLIP, load
-    from mope_deploy.models.registry import ModelNotFoundError
+    from mope_deploy.models import load
 
     torch.set_num_threads(THREADS)
-    try:
-        model, name = load("demo"), "demo teacher"
-    except ModelNotFoundError:
-        torch.manual_seed(0)
-        model, name = SlimCLIP(demo_config()).eval(), "random model of the demo's shape (demo not installed)"
+    model, name = load("demo"), "demo teacher"  # shipped inside the package
     ds = load_dataset("synthetic:val")
     from mope_deploy.data.datasets import RetrievalDataset
 

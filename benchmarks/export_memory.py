@@ -41,10 +41,10 @@ def child(model_name: str, exporter: str, full: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         if full:  # the whole `mope export --format onnx --no-optimize` path: export + parity gate + manifest
-            from mope_deploy.exporting import export_onnx
+            from mope_deploy.exporting import ExportConfig, export_onnx
 
             d = str(Path(d) / "bundle")
-            info = export_onnx(model, d, exporter=exporter)
+            info = export_onnx(model, d, ExportConfig(exporter=exporter))
             parity = info["parity"]["max_abs"]
         else:
             info, parity = write_onnx(model, d, exporter=exporter), None

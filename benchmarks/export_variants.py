@@ -44,26 +44,26 @@ def main() -> None:
     a = ap.parse_args()
 
     import mope_deploy
-    from mope_deploy.exporting import export_bundle
+    from mope_deploy.exporting import ExportConfig, export_bundle
     from mope_deploy.exporting.onnx import ort_session, random_tokens
 
     torch.set_num_threads(a.threads)
     model = small_model() if a.model == "small" else mope_deploy.load(a.model)
     if a.magnitude_student:
-        from mope_deploy.data.train_demo import magnitude_student
+        from train_demo import magnitude_student  # benchmarks/train_demo.py (this folder is on sys.path)
 
         model = magnitude_student(model, a.magnitude_student)
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "bundle"
         t0 = time.perf_counter()
-        m = export_bundle(model, out, precision="int8", eval_data=a.eval_data, eval_limit=a.eval_limit,
-                          max_recall_drop=1e9, skip_recall_gate=a.eval_data is None)
+        m = export_bundle(model, out, ExportConfig(precision="int8", eval_data=a.eval_data, eval_limit=a.eval_limit,
+                                                   max_recall_drop=1e9, skip_recall_gate=a.eval_data is None))
         export_s = time.perf_counter() - t0
         size = model.config.vision.image_size
-        inputs = {"image": torch.randn(a.batch, 3, size, size).numpy(),
+        inputs = {"vision": torch.randn(a.batch, 3, size, size).numpy(),
                   "text": random_tokens(model, a.batch).numpy()}
         sessions = {(v, t): ort_session(out / info["files"][t], threads=a.threads)
-                    for v, info in m["variants"].items() for t in ("image", "text")}
+                    for v, info in m["variants"].items() for t in ("vision", "text")}
         times = {k: [] for k in sessions}
         for k, s in sessions.items():  # warm-up
             s.run(None, {s.get_inputs()[0].name: inputs[k[1]]})
@@ -77,10 +77,10 @@ def main() -> None:
         row = {"variant": v, "parity_max_abs": (info.get("parity") or {}).get("max_abs"),
                "agreement": info.get("agreement_vs_fp32"),
                "recall_mean": (info.get("recall") or {}).get("recall_mean"), "recall_delta": info.get("recall_delta")}
-        for t in ("image", "text"):
+        for t, label in (("vision", "image"), ("text", "text")):  # row names as in the committed results
             ms = statistics.median(times[(v, t)])
-            row[f"{t}_ms"] = round(ms, 2)
-            row[f"{t}_speedup"] = round(statistics.median(times[("fp32", t)]) / ms, 2)
+            row[f"{label}_ms"] = round(ms, 2)
+            row[f"{label}_speedup"] = round(statistics.median(times[("fp32", t)]) / ms, 2)
         rows.append(row)
     result = {"model": a.model, "magnitude_student": a.magnitude_student, "eval_data": a.eval_data, "eval": m.get("eval"), "batch": a.batch, "reps": a.reps,
               "threads": a.threads, "export_seconds": round(export_s, 1), "fp32_parity": m["parity"]["max_abs"],

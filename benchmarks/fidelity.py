@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mope_deploy.distill.pipelines import compress
-from mope_deploy.distill.recipe import load_recipe, parse_recipe
+from mope_deploy.compress import compress, load_recipe, parse_recipe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

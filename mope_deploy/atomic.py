@@ -1,19 +1,258 @@
-"""Atomic writes: readers see the old file (or directory) or the complete new one, never a partial one.
+"""Atomic writes that never lose a user's files.
 
 Everything the toolchain writes (checkpoints, model directories, score tables, plans, reports, bundles) goes
-through here: a temporary sibling, fsync, then ``os.replace``; a failure leaves nothing behind. Results get the
-usual permissions (``mkstemp``/``mkdtemp`` would leave them private to the writer).
+through here: a temporary sibling ``.NAME.tmp-PID-XXXX``, fsync, then ``os.replace``; a failure leaves
+nothing behind. Results get the usual permissions (``mkstemp``/``mkdtemp`` would leave them private).
+
+How to write an output folder (any package: exporting, sparsity, serve, ...)::
+
+    from mope_deploy.atomic import Owner, atomic_dir, check_target
+
+    MY_OUTPUT = Owner("sparse bundle", markers=[("sparse.json",)], allowed=("sparse.json", "*.onnx"))
+
+    check_target(out, MY_OUTPUT, force=force)      # optional: refuse a bad --out before any work is spent
+    with atomic_dir(out, owner=MY_OUTPUT, force=force) as tmp:
+        (tmp / "sparse.json").write_text(...)       # write everything into tmp; it replaces ``out`` on success
+
+The ownership rule (:func:`check_target`): ``out`` may be absent, an empty folder, or a folder this tool
+wrote before, recognised by ``owner.markers`` (e.g. ``manifest.json`` for a bundle, ``config.json`` +
+``model.safetensors`` for a model directory) and holding nothing outside ``owner.allowed``. Anything else
+(a file, a symlink, a foreign or mixed folder) raises :class:`OutputPathError` saying what is there; only
+``force=True`` (the CLI's ``--force``) replaces it.
+
+Interrupted writes leave nothing behind: while a temporary path is live, SIGTERM and SIGINT remove it before
+the process ends (SIGINT still raises ``KeyboardInterrupt``; SIGTERM still terminates). SIGKILL cannot be
+caught: the next write of the same target removes stale ``.NAME.tmp-*`` siblings left by dead processes and
+logs a warning saying so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import logging
 import os
 import shutil
+import signal
+import stat
 import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, Sequence
 
+from .errors import MopeError
+
+log = logging.getLogger(__name__)
+
+
+class OutputPathError(MopeError, ValueError):
+    """An output path that cannot be written, or whose current content the tool may not replace."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """How to recognise a folder this tool wrote: ``kind`` names it in messages; ``markers`` lists alternative
+    sets of top-level files (all files of one set present = ours); ``allowed`` (glob patterns of top-level
+    names, None = anything) lists what such a folder may hold, so a user's own file inside it is never lost."""
+
+    kind: str
+    markers: Sequence[Sequence[str]] = ()
+    allowed: Sequence[str] | None = None
+
+    def recognises(self, names: set[str]) -> bool:
+        return any(all(m in names for m in ms) for ms in self.markers)
+
+    def foreign(self, names: set[str]) -> list[str]:
+        if self.allowed is None:
+            return []
+        return sorted(n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in self.allowed))
+
+
+#: Default owner: recognises nothing, so only an absent or empty folder is replaced. Writers of folders that
+#: are rewritten in place pass their own Owner (models.io.model_dir_owner, exporting.bundle.BUNDLE_OWNER, ...).
+NEW_ONLY = Owner("output")
+
+
+# --------------------------------------------------------------------------------------------- ownership rule
+
+def _describe(names: list[str], n: int = 4) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def check_target(target: str | Path, owner: Owner = NEW_ONLY, force: bool = False) -> None:
+    """Refuse to write ``target`` unless it is absent, an empty folder, or a folder ``owner`` recognises
+    (see the module docstring); ``force=True`` allows replacing anything. Also checks the parent is writable."""
+    target = Path(target)
+    _check_parent(target)
+    if not os.path.lexists(target) or force:
+        return
+    how = "choose another --out, move it away, or pass --force to replace it"
+    if target.is_symlink():
+        raise OutputPathError(f"{target} is a symbolic link (to {os.readlink(target)}); mope does not replace "
+                              f"links: {how}")
+    if not target.is_dir():
+        raise OutputPathError(f"{target} is an existing file, not a {owner.kind} folder; mope only replaces "
+                              f"folders it wrote itself: {how}")
+    try:
+        names = {p.name for p in target.iterdir()}
+    except OSError as e:
+        raise OutputPathError(f"cannot read {target} ({e.strerror or e}); {how}") from None
+    if not names:
+        return
+    if not owner.recognises(names):
+        want = f" (a {owner.kind} folder holds {' or '.join(' + '.join(ms) for ms in owner.markers)})" \
+            if owner.markers else ""
+        raise OutputPathError(f"{target} already holds {_describe(sorted(names))}, which mope did not write{want}; "
+                              f"mope only replaces folders it wrote itself: {how}")
+    extra = owner.foreign(names)
+    if extra:
+        raise OutputPathError(f"{target} is a {owner.kind} folder but also holds {_describe(extra)}, which mope did "
+                              f"not write and replacing the folder would delete; move it out first, or "
+                              f"pass --force to replace the folder anyway")
+
+
+def _check_parent(target: Path) -> None:
+    """The nearest existing ancestor of ``target`` must be a writable folder (clear message, not an OSError)."""
+    parent = target.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"cannot write {target}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {target}: no permission to create files in {parent}")
+
+
+def _os_error(target: Path, e: OSError) -> OutputPathError:
+    where = e.filename or target
+    return OutputPathError(f"cannot write {target}: {e.strerror or e} ({where}); choose an --out you can write to")
+
+
+# ------------------------------------------------------------------------------ live temporaries and signals
+
+_live: dict[str, int] = {}                 # temporary path -> pid that created it
+_previous: dict[int, object] = {}          # signal -> handler we replaced
+_lock = threading.Lock()
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _on_signal(signum: int, frame) -> None:
+    prev = _previous.get(signum, signal.SIG_DFL)
+    mine = [p for p, pid in _live.items() if pid == os.getpid()]   # a forked worker must not touch them
+    if prev is signal.SIG_IGN:
+        return
+    if callable(prev) and prev is not signal.default_int_handler:
+        prev(signum, frame)                  # someone else's handler (e.g. a server's graceful shutdown) decides
+        return
+    for p in mine:                          # the process is about to end: remove what it had half written
+        _remove(p)
+        _live.pop(p, None)
+    if prev is signal.default_int_handler:
+        raise KeyboardInterrupt
+    _restore_handlers()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)             # die of the signal as usual (exit status -SIG / 128+SIG)
+
+
+def _restore_handlers() -> None:
+    for s, h in list(_previous.items()):
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(s, h)
+        _previous.pop(s, None)
+
+
+@contextlib.contextmanager
+def _live_temp(path: str) -> Iterator[None]:
+    """Register ``path`` for removal on SIGTERM/SIGINT while the block runs (handlers only in the main thread)."""
+    main = threading.current_thread() is threading.main_thread()
+    with _lock:
+        _live[path] = os.getpid()
+        if main and not _previous:
+            for s in _SIGNALS:
+                with contextlib.suppress(ValueError, OSError):
+                    _previous[s] = signal.getsignal(s)
+                    signal.signal(s, _on_signal)
+    try:
+        yield
+    finally:
+        with _lock:
+            _live.pop(path, None)
+            if main and not any(pid == os.getpid() for pid in _live.values()):
+                _restore_handlers()
+
+
+# -------------------------------------------------------------------------------------- stale temporaries
+
+def _process_start() -> float:
+    """Wall-clock start time of this process (Linux /proc; elsewhere: when this module was imported)."""
+    try:
+        ticks = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
+                     if ln.startswith("btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(target: str | Path) -> list[Path]:
+    """Remove ``.NAME.tmp-*`` siblings of ``target`` left by an interrupted (killed) earlier write; returns them.
+
+    A temporary named with a pid is stale when that process is gone; an older unnamed one when it predates
+    this process. A live writer's temporary is never touched."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    started = _process_start()
+    removed = []
+    for p in target.parent.glob(f".{_glob_escape(target.name)}.tmp-*"):
+        if str(p) in _live:
+            continue
+        rest = p.name[len(f".{target.name}.tmp-"):]
+        pid = rest.split("-", 1)[0]
+        try:
+            if pid.isdigit() and "-" in rest:
+                stale = int(pid) != os.getpid() and not _alive(int(pid))
+            else:
+                stale = p.lstat().st_mtime < started - 1
+        except OSError:
+            continue
+        if stale:
+            _remove(str(p))
+            removed.append(p)
+    if removed:
+        log.warning("removed %d stale temporary %s left by an interrupted run: %s", len(removed),
+                    "entry" if len(removed) == 1 else "entries", ", ".join(p.name for p in removed))
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+# ------------------------------------------------------------------------------------------------- writers
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -21,22 +260,34 @@ def _umask() -> int:
     return mask
 
 
+def _prefix(path: Path) -> str:
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``."""
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` (files are always replaceable:
+    callers write files inside folders they own, or paths the user named as the file to write)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    if path.is_dir() and not path.is_symlink():
+        raise OutputPathError(f"cannot write the file {path}: it is an existing folder; give a file name")
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path), dir=path.parent)
+    except OSError as e:
+        raise _os_error(path, e) from None
+    with _live_temp(tmp):
+        try:
+            with os.fdopen(fd, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -54,24 +305,49 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``target`` (whole) only if the block succeeds."""
+def atomic_dir(target: str | Path, owner: Owner = NEW_ONLY, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``target`` (whole) only if the block succeeds.
+
+    ``target`` must pass :func:`check_target` (checked before the block and again before replacing): absent,
+    empty, or a folder ``owner`` recognises; ``force=True`` replaces whatever is there."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    check_target(target, owner, force)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    mask = _umask()
-    os.chmod(tmp, 0o777 & ~mask)
-    for p in tmp.rglob("*"):
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), dir=target.parent))
+    except OSError as e:
+        raise _os_error(target, e) from None
+    with _live_temp(str(tmp)):
+        try:
+            yield tmp
+            mask = _umask()
+            os.chmod(tmp, 0o777 & ~mask)
+            for p in tmp.rglob("*"):
+                if not p.is_symlink():
+                    os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+            check_target(target, owner, force)   # it may have changed during a long write
+            _replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` to ``target``; whatever was at ``target`` (already checked replaceable) goes only after."""
     old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
+    if os.path.lexists(target):
+        st = target.lstat()
+        if stat.S_ISDIR(st.st_mode) and not any(target.iterdir()):
+            target.rmdir()                      # an empty folder: nothing to keep
+        else:
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)             # put the previous content back
+        raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(str(old))

@@ -11,8 +11,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..exporting.manifest import library_versions
+from ..exporting.bundle import library_versions
 from ..models.config import CLIPConfig
+from ..errors import MopeError
+
+
+class BenchError(MopeError, ValueError):
+    """Benchmark settings that cannot work (names the setting and the fix)."""
+
 
 LIBRARIES = ("mope-deploy", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "open_clip_torch", "tensorrt", "numpy")
 #: environment variables that change CPU speed (threads, MKL's CPU dispatch)
@@ -23,7 +29,7 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "MKL_E
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolation percentile (numpy's default), ``q`` in [0, 100]."""
     if not len(values):
-        raise ValueError("no timings to summarise (iters must be at least 1)")
+        raise BenchError("no timings to summarise (iters must be at least 1)")
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
@@ -39,7 +45,7 @@ def time_fn(fn: Callable[[], Any], warmup: int = 3, iters: int = 10, sync: Calla
     """Time ``fn``: ``warmup`` untimed calls (compilation, allocator and cache warm-up), then ``iters`` timed
     calls, each followed by ``sync`` (GPU backends queue work asynchronously) inside the timed region."""
     if warmup < 0 or iters < 1:
-        raise ValueError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
+        raise BenchError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
     sync = sync or (lambda: None)
     for _ in range(warmup):
         fn()
@@ -64,7 +70,7 @@ def time_interleaved(fns: dict[Any, tuple[Callable[[], Any], Callable[[], None]]
     processes on a shared machine falls on all of them alike (sequential runs can differ by 2x under
     contention). Returns :func:`time_fn`-style summaries keyed like ``fns``."""
     if warmup < 0 or iters < 1:
-        raise ValueError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
+        raise BenchError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
     for fn, sync in fns.values():
         for _ in range(warmup):
             fn()
@@ -91,7 +97,7 @@ def bench_inputs(config: CLIPConfig, tower: str, batch: int, seed: int = 0) -> n
         s = config.vision.image_size
         return rng.standard_normal((batch, 3, s, s), dtype=np.float32)
     if tower != "text":
-        raise ValueError(f"unknown tower {tower!r}: use 'vision' or 'text'")
+        raise BenchError(f"unknown tower {tower!r}: use 'vision' or 'text'")
     t = config.text
     n, vocab = t.context_length, t.vocab_size
     ids = rng.integers(1, max(vocab - 2, 2), size=(batch, n), dtype=np.int64)

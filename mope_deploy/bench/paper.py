@@ -12,8 +12,11 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ..device import default_device
 from ..models.config import BlockConfig, CLIPConfig
 from ..models.counting import model_stats
+from ..vocab import TOWERS
+from .harness import BenchError
 
 TEACHER = "ViT-L-14"
 PAPER_BATCH = 64
@@ -51,7 +54,7 @@ def kept_blocks(depth: int, keep: int) -> list[int]:
     """``keep`` of ``depth`` block indices spread evenly, first and last included (shape-only stand-in for
     the MoPE depth choice; the pruning stage picks real ones)."""
     if not 1 <= keep <= depth:
-        raise ValueError(f"cannot keep {keep} of {depth} blocks")
+        raise BenchError(f"cannot keep {keep} of {depth} blocks")
     if keep == 1:
         return [depth - 1]
     return sorted({round(i * (depth - 1) / (keep - 1)) for i in range(keep)})
@@ -63,10 +66,10 @@ def _shrink(tower, width_frac: float, depth_frac: float, where: str):
     full_heads = max(b.heads for b in t.blocks)
     heads = round(full_heads * width_frac)
     if heads < 1 or abs(heads * h - full_heads * h * width_frac) > 1e-6:
-        raise ValueError(f"{where}: width fraction {width_frac} of {full_heads} heads is not a whole number of heads")
+        raise BenchError(f"{where}: width fraction {width_frac} of {full_heads} heads is not a whole number of heads")
     keep = round(t.depth * depth_frac)
     if abs(keep - t.depth * depth_frac) > 1e-6:
-        raise ValueError(f"{where}: depth fraction {depth_frac} of {t.depth} blocks is not a whole number of blocks")
+        raise BenchError(f"{where}: depth fraction {depth_frac} of {t.depth} blocks is not a whole number of blocks")
     # the paper's students keep FFN = 4 x attention width in every block
     t.blocks = [BlockConfig(heads=heads, mlp=4 * heads * h, source=s) for s in kept_blocks(t.depth, keep)]
     return t
@@ -108,8 +111,8 @@ def paper_table(results: Sequence[dict[str, Any]], configs: dict[str, CLIPConfig
     for name in names:
         rows = [r for r in results if r["model"] == name and r["backend"] == backend and r["batch"] == batch]
         towers = {r["tower"] for r in rows}
-        if towers != {"vision", "text"} or len(rows) != 2:
-            raise ValueError(f"paper table needs vision and text timings of {name!r} on {backend} at batch {batch}; "
+        if towers != set(TOWERS) or len(rows) != 2:
+            raise BenchError(f"paper table needs vision and text timings of {name!r} on {backend} at batch {batch}; "
                              f"found {sorted(towers)}")
         lat[name] = sum(r["median_ms"] for r in rows)
         lat_min[name] = sum(r.get("min_ms", r["median_ms"]) for r in rows)
@@ -160,8 +163,8 @@ def run_paper(backends: Sequence[str] = ("torch",), batch: int | None = None, wa
 
     if reference is not None and (reference != "open_clip" or not isinstance(teacher, str)
                                   or resolve(teacher) is not None):
-        raise ValueError("reference takes 'open_clip' and needs the teacher as an open_clip name (e.g. ViT-L-14)")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        raise BenchError("reference takes 'open_clip' and needs the teacher as an open_clip name (e.g. ViT-L-14)")
+    dev = device or default_device()
     batch = batch or default_batch(dev)
     teacher_cfg = load_config(teacher) if isinstance(teacher, str) else teacher
     configs = paper_configs(teacher_cfg)

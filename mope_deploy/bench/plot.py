@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 from ..atomic import atomic_file
+from .harness import BenchError
 
 
 def model_points(results: Sequence[dict[str, Any]]) -> dict[tuple[int, str], list[tuple[float, float, str]]]:
@@ -30,10 +31,10 @@ def plot_latency(report: dict[str, Any], path: str | Path, title: str | None = N
 
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"--plot writes a PNG: give a file name ending in .png, got {path.name!r}")
+        raise BenchError(f"--plot writes a PNG: give a file name ending in .png, got {path.name!r}")
     points = model_points(report["results"])
     if not points:
-        raise ValueError("nothing to plot: the report has no results")
+        raise BenchError("nothing to plot: the report has no results")
     batches = sorted({b for b, _ in points})
     fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.2), squeeze=False)
     for ax, batch in zip(axes[0], batches):

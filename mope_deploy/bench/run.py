@@ -8,13 +8,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..atomic import atomic_write_text
+from ..device import default_device
+from ..exporting.bundle import Bundle
 from ..models.config import CLIPConfig
 from ..models.counting import model_stats
-from ..atomic import atomic_write_text
-from ..runtime import BACKENDS, check_backend, is_bundle, open_encoder
-from .harness import bench_inputs, environment, throughput, time_fn, time_interleaved
+from ..runtime import open_encoder
+from ..runtime.registry import ONNX, as_slimclip, check_backends
+from ..vocab import TOWERS
+from .harness import BenchError, bench_inputs, environment, throughput, time_fn, time_interleaved
 
-TOWERS = ("vision", "text")
 UNITS = {"vision": "images/s", "text": "texts/s"}
 
 
@@ -25,7 +28,7 @@ def parse_list(text: str | Sequence[str] | None, what: str) -> list[str]:
     parts = [text] if isinstance(text, str) else list(text)
     out = [p.strip() for item in parts for p in str(item).split(",") if p.strip()]
     if not out:
-        raise ValueError(f"empty {what} list")
+        raise BenchError(f"empty {what} list")
     return out
 
 
@@ -35,19 +38,11 @@ def parse_batch_sizes(text: str | Sequence[Any]) -> list[int]:
     try:
         sizes = [int(x) for x in items]
     except ValueError:
-        raise ValueError(f"batch sizes must be positive integers separated by commas (e.g. 1,8,64), got {text!r}") from None
+        raise BenchError(f"batch sizes must be positive integers separated by commas (e.g. 1,8,64), got {text!r}"
+                         ) from None
     if any(b < 1 for b in sizes):
-        raise ValueError(f"batch sizes must be at least 1, got {sizes}")
+        raise BenchError(f"batch sizes must be at least 1, got {sizes}")
     return sizes
-
-
-def check_backends(backends: Sequence[str]) -> list[str]:
-    """Validate names (unknown or unavailable here: an error listing what is available)."""
-    for b in backends:
-        if b not in BACKENDS:
-            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
-        check_backend(b)
-    return list(backends)
 
 
 def model_label(model: Any, index: int = 0) -> str:
@@ -60,9 +55,8 @@ def model_config(model: Any) -> CLIPConfig:
     """The architecture of a SlimCLIP, model spec or export bundle (for params and FLOPs)."""
     if hasattr(model, "config") and isinstance(model.config, CLIPConfig):
         return model.config
-    if is_bundle(model):
-        from ..runtime.onnxruntime_backend import read_bundle_config
-        return read_bundle_config(model)
+    if Bundle.is_bundle(model):
+        return Bundle(model).config()
     from ..models import load_config
     return load_config(model)
 
@@ -93,13 +87,20 @@ def bench_encoder(encoder, config: CLIPConfig, batch_sizes: Sequence[int], warmu
     return rows
 
 
+def _ort_settings_dict(settings: Any, threads: int | None) -> dict[str, Any]:
+    from ..runtime.ort_settings import SessionSettings
+
+    s = settings or SessionSettings()
+    return s.replace(intra_op_threads=threads or s.intra_op_threads).to_dict()
+
+
 def run_bench(models: Sequence[Any], backends: Sequence[str] = ("torch",), batch_sizes: Sequence[int] = (1, 8),
               warmup: int = 3, iters: int = 10, threads: int | None = None, device: str | None = None,
               towers: Sequence[str] = TOWERS, labels: Sequence[str] | None = None,
               work_dir: str | Path | None = None, timer: Callable[[], float] | None = None,
               on_step: Callable[[str], None] | None = None,
               on_iter: Callable[[], None] | None = None, interleave: bool = False,
-              extra_runs: Sequence[tuple[Any, str, str]] = ()) -> dict[str, Any]:
+              extra_runs: Sequence[tuple[Any, str, str]] = (), ort_settings: Any = None) -> dict[str, Any]:
     """Benchmark every model on every backend; returns ``{"environment", "settings", "results"}``.
 
     ``models``: SlimCLIPs, model specs, export bundles, or zero-argument callables returning a SlimCLIP
@@ -107,25 +108,26 @@ def run_bench(models: Sequence[Any], backends: Sequence[str] = ("torch",), batch
     batch size and released before the next, so one large model at a time is in memory. With ``interleave``
     every encoder stays open and the timed calls go round-robin over all of them (fair comparisons on a
     shared, noisy machine; needs memory for all models at once). ``extra_runs``: more ``(model, label,
-    backend)`` pairs, e.g. the teacher in open_clip eager as a reference. Pre-processing and tokenisation are
-    not timed (the encoders' forward passes are).
+    backend)`` pairs, e.g. the teacher in open_clip eager as a reference. ``ort_settings``: a
+    :class:`~mope_deploy.runtime.ort_settings.SessionSettings` for every ONNX Runtime encoder (recorded in the
+    report's ``settings``). Pre-processing and tokenisation are not timed (the encoders' forward passes are).
     """
     if not models:
-        raise ValueError("no MODEL given: pass one or more models (demo, a model directory, an open_clip name or an "
+        raise BenchError("no MODEL given: pass one or more models (demo, a model directory, an open_clip name or an "
                          "export bundle), or use --paper")
-    check_backends(list(backends) + [b for _, _, b in extra_runs])
+    registry = {b.name: b for b in check_backends(list(backends) + [b for _, _, b in extra_runs])}
     for t in towers:
         if t not in TOWERS:
-            raise ValueError(f"unknown tower {t!r}: use vision and/or text")
+            raise BenchError(f"unknown tower {t!r}: use {' and/or '.join(TOWERS)}")
     labels = list(labels) if labels else [model_label(m, i) for i, m in enumerate(models)]
     if len(labels) != len(models):
-        raise ValueError("labels and models differ in length")
+        raise BenchError("labels and models differ in length")
     if len(set(labels) | {lab for _, lab, _ in extra_runs}) != len(labels) + len(extra_runs):
-        raise ValueError(f"model labels must be unique, got {labels + [lab for _, lab, _ in extra_runs]}")
+        raise BenchError(f"model labels must be unique, got {labels + [lab for _, lab, _ in extra_runs]}")
     if threads:
         import torch
         torch.set_num_threads(int(threads))
-    dev = device or _default_device()
+    dev = device or default_device()
     results: list[dict[str, Any]] = []
     encoders: list[dict[str, Any]] = []
     summaries: dict[str, Any] = {}
@@ -141,24 +143,24 @@ def run_bench(models: Sequence[Any], backends: Sequence[str] = ("torch",), batch
             config = model_config(model)
             summaries[label] = _model_summary(config)
             bundle = None
-            onnx_backends = [b for b in model_backends if b.startswith("onnxruntime")]
-            if onnx_backends and not is_bundle(model):
+            onnx_backends = [registry[b] for b in model_backends if registry[b].source == ONNX]
+            if onnx_backends and not Bundle.is_bundle(model):
                 # one export per model, shared by every ONNX backend (exports of large models take minutes)
                 if on_step:
                     on_step(f"{label}: exporting ONNX")
-                from ..runtime import as_slimclip, export_bundle
-                bundle = export_bundle(as_slimclip(model, "onnxruntime"), Path(tmp) / f"{mi}-bundle",
-                                       int8="onnxruntime-int8" in onnx_backends)
-                if not any(b in ("torch", "torch-compile") for b in model_backends) and not isinstance(model, (str, Path)):
+                from ..runtime.onnxruntime_backend import export_for_runtime
+                bundle = export_for_runtime(as_slimclip(model, "onnxruntime"), Path(tmp) / f"{mi}-bundle",
+                                            int8=any(b.precision == "int8" for b in onnx_backends))
+                if all(registry[b].source == ONNX for b in model_backends) and not isinstance(model, (str, Path)):
                     model = None  # the graphs are on disk: free the torch weights before ONNX Runtime loads them
                     gc.collect()
             for backend in model_backends:
                 if on_step:
                     on_step(f"{label}: opening {backend}")
-                source = bundle if (bundle is not None and backend.startswith("onnxruntime")) else model
-                enc = open_encoder(source, backend, device=dev if backend in ("torch", "torch-compile", "open_clip",
-                                                                             "tensorrt") else None,
-                                   threads=threads, work_dir=Path(tmp) / f"{mi}-{backend}")
+                b = registry[backend]
+                source = bundle if (bundle is not None and b.source == ONNX) else model
+                enc = open_encoder(source, backend, device=dev if b.uses_device else None,
+                                   threads=threads, work_dir=Path(tmp) / f"{mi}-{backend}", ort_settings=ort_settings)
                 encoders.append({"model": label, **enc.describe()})
                 if interleave:
                     opened.append((label, backend, enc, config))
@@ -179,6 +181,8 @@ def run_bench(models: Sequence[Any], backends: Sequence[str] = ("torch",), batch
         "environment": environment(dev, threads),
         "settings": {"backends": list(backends), "batch_sizes": list(batch_sizes), "warmup": warmup, "iters": iters,
                      "threads": threads, "towers": list(towers), "interleaved": interleave,
+                     # ONNX Runtime session options (each ORT encoder also records its own under "encoders")
+                     "ort_settings": _ort_settings_dict(ort_settings, threads),
                      "timed": "forward pass per tower (inputs ready "
                      "on the device; pre-processing and tokenisation excluded)"},
         "encoders": encoders,
@@ -211,11 +215,6 @@ def _model_summary(config: CLIPConfig) -> dict[str, Any]:
     return {"params": s["params"], "params_total": s["params_total"], "gflops": s["gflops"],
             "vision": {"params": s["vision"]["params"], "gflops": s["vision"]["gflops"], "depth": s["vision"]["depth"]},
             "text": {"params": s["text"]["params"], "gflops": s["text"]["gflops"], "depth": s["text"]["depth"]}}
-
-
-def _default_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:

@@ -1,8 +1,18 @@
-"""``mope``: the typer app. Each command lives in its own small module and registers itself here."""
+"""``mope``: the typer app. Each command is a plain function in its own small module; this module registers
+them (commands never import the app, so importing a command module has no side effect).
+
+A new command: write ``def my_command(...)`` in ``cli/my_command.py`` (typer options as defaults, the work
+done by library calls inside ``with user_errors():``), then add one ``app.command(...)(...)`` line below.
+"""
 
 from __future__ import annotations
 
 import typer
+
+from . import bench, compress, eval as eval_cmd, export, importance, info, prune
+from . import sparsify
+from . import index, serve
+from .common import set_debug
 
 app = typer.Typer(
     name="mope",
@@ -13,24 +23,23 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
-def _root() -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of every error.")) -> None:
     """Compress CLIP models with MoPE-CLIP and deploy them (ONNX, TensorRT)."""
+    set_debug(debug)
 
 
-MODEL_HELP = "'demo', a saved model directory, or an open_clip name (ViT-L-14 or ViT-L-14:openai)."
-
-
-def _register() -> None:
-    from . import info  # noqa: F401  (commands register on import)
-    from . import importance, prune  # noqa: F401
-    from . import export  # noqa: F401
-    from . import eval  # noqa: F401
-    from . import compress  # noqa: F401
-    from . import bench  # noqa: F401
+app.command("info")(info.info)
+app.command("importance")(importance.importance)
+app.command("prune")(prune.prune)
+app.command("export")(export.export)
+app.command("eval")(eval_cmd.eval_cmd)
+app.command("compress")(compress.compress)
+app.command("bench")(bench.bench)
+app.command("sparsify")(sparsify.sparsify)
+app.command("index")(index.index)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:
-    _register()
     app()

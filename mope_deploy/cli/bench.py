@@ -11,8 +11,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..progress import progress_bar
-from .app import MODEL_HELP, app
-from .common import console, user_errors
+from ..vocab import TOWERS
+from .common import MODEL_HELP, UsageError, console, user_errors
 
 BACKEND_HELP = ("torch, torch-compile, open_clip (an open_clip name, eager), onnxruntime, onnxruntime-int8, tensorrt "
                 "(an export bundle with engines; CUDA). Repeat or separate with commas.")
@@ -25,7 +25,7 @@ def _progress(quiet: bool) -> Progress:
 def results_tables(report: dict[str, Any]) -> list[Table]:
     """One table per tower: latency per call (ms), throughput, block params, GFLOPs per item."""
     tables = []
-    for tower, unit in (("vision", "img/s"), ("text", "txt/s")):
+    for tower, unit in zip(TOWERS, ("img/s", "txt/s")):
         rows = [r for r in report["results"] if r["tower"] == tower]
         if not rows:
             continue
@@ -65,7 +65,6 @@ def paper_rich_tables(report: dict[str, Any]) -> list[Table]:
     return tables
 
 
-@app.command("bench")
 def bench(
     models: Optional[List[str]] = typer.Argument(None, help=MODEL_HELP + " Also an export bundle directory."),
     backend: List[str] = typer.Option(["torch"], "--backend", "-b", help=BACKEND_HELP),
@@ -76,6 +75,10 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads for torch and ONNX "
                                           "Runtime (default: their own defaults)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    ort_settings: Optional[str] = typer.Option(None, "--ort-settings", help="ONNX Runtime session settings, "
+                                               "KEY=VALUE,... with KEY graph_optimization (disabled|basic|extended|"
+                                               "all), allow_spinning, cpu_mem_arena (1|0), inter_op_threads; "
+                                               "recorded in the report."),
     paper: bool = typer.Option(False, "--paper", help="Benchmark the paper's ViT-L/14 teacher and MoPE-CLIP "
                                "large/base/small shapes (random weights) and compare with its Table 7."),
     teacher: str = typer.Option("ViT-L-14", "--teacher", help="With --paper: the teacher whose shape the students "
@@ -94,25 +97,32 @@ def bench(
     from ..bench.run import parse_batch_sizes, parse_list, run_bench, write_json
 
     with user_errors():
+        from ..runtime.registry import check_backends
+
         backends = parse_list(backend, "backend")
-        from ..bench.run import check_backends
         check_backends(backends)
         if plot is not None and plot.suffix.lower() != ".png":
-            raise ValueError(f"--plot writes a PNG: give a file name ending in .png, got {plot.name!r}")
+            raise UsageError(f"--plot writes a PNG: give a file name ending in .png, got {plot.name!r}")
         if paper and models:
-            raise ValueError("--paper builds its own models: drop the MODEL arguments (or drop --paper)")
+            raise UsageError("--paper builds its own models: drop the MODEL arguments (or drop --paper)")
         if reference and not paper:
-            raise ValueError("--reference only applies with --paper")
+            raise UsageError("--reference only applies with --paper")
         sizes = parse_batch_sizes(batch_sizes) if batch_sizes else None
+        from ..runtime.ort_settings import SessionSettings
+
+        try:
+            ort_opts = SessionSettings.parse(ort_settings, threads=threads) if ort_settings else None
+        except ValueError as e:
+            raise UsageError(f"--ort-settings: {e}") from None
         with _progress(quiet) as prog:
             task = prog.add_task("starting", total=None)
             step = lambda s: prog.update(task, description=s)  # noqa: E731
             tick = lambda: prog.advance(task)  # noqa: E731
             if paper:
-                import torch
-                dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+                from ..device import default_device
+                dev = device or default_device()
                 if sizes and len(sizes) != 1:
-                    raise ValueError("--paper runs one batch size: give one value to --batch-sizes")
+                    raise UsageError("--paper runs one batch size: give one value to --batch-sizes")
                 batch = sizes[0] if sizes else default_batch(dev)
                 runs = 4 * len(backends) + (1 if reference else 0)
                 prog.update(task, total=runs * 2 * (warmup + iters))
@@ -124,12 +134,13 @@ def bench(
                                    interleave=True if interleave is None else interleave)
             else:
                 if not models:
-                    raise ValueError("no MODEL given: pass one or more models (demo, a model directory, an open_clip "
+                    raise UsageError("no MODEL given: pass one or more models (demo, a model directory, an open_clip "
                                      "name, an export bundle) or use --paper")
                 sizes = sizes or [1, 8]
                 prog.update(task, total=len(models) * len(backends) * len(sizes) * 2 * (warmup + iters))
                 report = run_bench(models, backends, sizes, warmup=warmup, iters=iters, threads=threads,
-                                   device=device, on_step=step, on_iter=tick, interleave=bool(interleave))
+                                   device=device, on_step=step, on_iter=tick, interleave=bool(interleave),
+                                   ort_settings=ort_opts)
         for table in results_tables(report):
             console.print(table)
         if paper:

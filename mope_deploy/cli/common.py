@@ -1,25 +1,56 @@
-"""Shared CLI plumbing: turn library errors into one clear red line and exit code 2."""
+"""Shared CLI plumbing: library errors (:class:`~mope_deploy.errors.MopeError`) and missing files become one
+clear red line and exit code 2; anything else is a bug and keeps its traceback. ``mope --debug CMD`` shows the
+traceback of expected errors too."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 import typer
 from rich.console import Console
 
+from ..errors import MopeError
+
 console = Console()
 err_console = Console(stderr=True)
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+MODEL_HELP = "'demo', a saved model directory, or an open_clip name (ViT-L-14 or ViT-L-14:openai)."
+#: what the CLI reports as a user error (everything else propagates with its traceback)
+USER_ERRORS: tuple[type[BaseException], ...] = (MopeError, FileNotFoundError)
+
+_state = {"debug": False}
+
+
+class _Notices(logging.Handler):
+    """Library warnings meant for the user (e.g. mope_deploy.atomic removing a killed run's temporaries) as one
+    yellow line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(f"[yellow]{self.format(record)}[/]", highlight=False)
+
+
+_notices = logging.getLogger("mope_deploy")
+if not any(isinstance(h, _Notices) for h in _notices.handlers):
+    _notices.addHandler(_Notices(logging.WARNING))
+
+
+class UsageError(MopeError, ValueError):
+    """Command-line options that do not fit together (names the option and the fix)."""
+
+
+def set_debug(on: bool) -> None:
+    _state["debug"] = bool(on)
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Print expected failures (bad input) without a traceback."""
+    """Print expected failures (bad input) as one line without a traceback (unless ``--debug``)."""
     try:
         yield
     except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(2) from None

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from .app import app
+from ..vocab import TOWERS
 from .common import console, user_errors
 
 
-@app.command()
 def compress(
-    recipe: str = typer.Argument("demo", help="A recipe YAML path or a name under recipes/ (default: demo)."),
+    recipe: str = typer.Argument("demo", help="A recipe YAML path or the name of a shipped recipe (default: demo)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>). "
                                        "Rerunning with the same directory resumes an interrupted run."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run in --out (default), "
-                                "or delete it and start over."),
+                                "or start over: deletes only the files an earlier mope run wrote there (a folder "
+                                "without its state.json is never cleared)."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe field, KEY=VALUE (YAML "
+                                                  "value), validated with the recipe; repeatable. E.g. --set "
+                                                  "train.epochs=1 --set data.val_max_images=50."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: "
                                           "torch's choice; 1 is fastest for the demo on a busy 2-core machine)."),
@@ -26,21 +29,18 @@ def compress(
     """Score, prune and distil a CLIP model as the recipe says; print the before/after table."""
     import torch
 
-    from ..distill.pipelines import compress as run_compress
-    from ..distill.recipe import load_recipe
+    from ..compress import compress as run_compress
+    from ..compress import load_recipe
 
     if threads:
         torch.set_num_threads(threads)
 
     with user_errors():
-        r = load_recipe(recipe)
-        out = out or Path("runs") / r.name
-        if not resume and out.exists():
-            import shutil
-
-            shutil.rmtree(out)
+        r = load_recipe(recipe, overrides or ())
+        out = out or Path("runs") / r.name      # the name is a plain file name (validated with the recipe)
         console.print(f"[bold]mope compress[/]: recipe {r.name} ({r.stage} stage, teacher {r.teacher}) -> {out}")
-        report = run_compress(r, out, progress=not quiet, log=lambda m: console.print(m, highlight=False))
+        report = run_compress(r, out, progress=not quiet, log=lambda m: console.print(m, highlight=False),
+                              restart=not resume)
     console.print(report_table(report))
     console.print(f"model, plan, scores, metrics and report.json in {out}")
 
@@ -57,7 +57,7 @@ def report_table(report: dict) -> Table:
 
     table.add_row("block params (M)", f"{t['params'] / 1e6:.2f}", f"{s['params'] / 1e6:.2f}",
                   ratio(t["params"], s["params"]))
-    for tower in ("vision", "text"):
+    for tower in TOWERS:
         table.add_row(f"  {tower} (M)", f"{t['towers'][tower]['params'] / 1e6:.2f}",
                       f"{s['towers'][tower]['params'] / 1e6:.2f}",
                       ratio(t["towers"][tower]["params"], s["towers"][tower]["params"]))

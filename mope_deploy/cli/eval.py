@@ -11,8 +11,7 @@ import typer
 from rich.table import Table
 
 from ..atomic import atomic_write_text
-from .app import MODEL_HELP, app
-from .common import console, err_console, user_errors
+from .common import MODEL_HELP, console, err_console, user_errors
 
 
 class Task(str, Enum):
@@ -28,7 +27,6 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2))
 
 
-@app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     data: str = typer.Option(..., "--data", "-d", help=DATA_HELP),

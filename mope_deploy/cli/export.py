@@ -8,23 +8,18 @@ from typing import List, Optional
 
 import typer
 
-from .app import MODEL_HELP, app
-from .common import console, user_errors
+from .common import MODEL_HELP, UsageError, console, user_errors
 
 
-def _batch_sizes(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--batch-sizes {text!r}: give MIN,OPT,MAX integers, e.g. 1,8,64") from None
-
-
-@app.command()
 def export(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory (written atomically; replaced on success)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory: absent, empty, or an earlier bundle "
+                             "(written atomically; replaced only when the new bundle is complete)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out even if it is not an earlier bundle (a file or "
+                               "a folder with other content)."),
     formats: List[str] = typer.Option(["onnx"], "--format", "-f",
-                                      help="onnx | tensorrt | torch-tensorrt | triton (repeatable)."),
+                                      help="onnx | tensorrt | torch-tensorrt | triton (repeatable or "
+                                           "comma-separated)."),
     precision: str = typer.Option("fp32", "--precision", "-p", help="fp32 | fp16 | int8."),
     batch_sizes: str = typer.Option("1,8,64", "--batch-sizes", help="MIN,OPT,MAX of the dynamic batch axis."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data",
@@ -35,6 +30,13 @@ def export(
     skip_recall_gate: bool = typer.Option(False, "--skip-recall-gate", help="Keep fp16/int8 variants unevaluated."),
     normalize: bool = typer.Option(False, "--normalize", help="Graphs output L2-normalised embeddings."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Also write ORT transformer-fused graphs."),
+    fused: bool = typer.Option(True, "--fused/--no-fused", help="Also write ONNX Runtime graphs with one fused "
+                               "com.microsoft Attention per block (kept only if they pass the gates; int8 is "
+                               "quantised from them, attention included)."),
+    int8_method: str = typer.Option("dynamic", "--int8-method", help="dynamic | static (QDQ calibrated on "
+                                    "--eval-data; standard ops, also read by TensorRT)."),
+    int8_fp32_nodes: int = typer.Option(0, "--int8-fp32-nodes", min=0, help="Keep the N nodes whose int8 error "
+                                        "hurts the embeddings most (measured on --eval-data) in fp32."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (>= 17)."),
     exporter: str = typer.Option("auto", "--exporter", help="auto | legacy | dynamo (torch.onnx exporter)."),
     atol: float = typer.Option(1e-4, "--atol", help="Parity tolerance, ONNX Runtime vs torch (fp32)."),
@@ -44,32 +46,47 @@ def export(
 ) -> None:
     """Export MODEL as ONNX graphs (+ optimised/int8/fp16 variants), TensorRT engines, torch-tensorrt
     programs and/or a Triton repository, refusing any output that fails its parity or recall gate."""
-    from ..exporting.bundle import export_bundle
+    from ..atomic import check_target
+    from ..exporting import ExportConfig, export_bundle
+    from ..exporting.bundle import BUNDLE_OWNER
+    from ..exporting.pipeline import preflight
     from ..models import load
 
     with user_errors():
-        sizes = _batch_sizes(batch_sizes)
+        try:
+            sizes = tuple(int(x) for x in batch_sizes.split(",") if x.strip())
+        except ValueError:
+            raise UsageError(f"--batch-sizes {batch_sizes!r}: give MIN,OPT,MAX integers, e.g. 1,8,64") from None
+        formats = [f.strip() for spec in formats for f in spec.split(",") if f.strip()]
+        config = ExportConfig(formats=tuple(formats), precision=precision, batch_sizes=sizes, opset=opset,
+                              normalize=normalize, exporter=exporter, atol=atol, optimize=optimize,
+                              fused=fused, int8_method=int8_method, int8_fp32_nodes=int8_fp32_nodes,
+                              eval_data=eval_data, eval_limit=eval_limit, max_recall_drop=max_recall_drop,
+                              skip_recall_gate=skip_recall_gate, sparse=sparse, workspace_gb=workspace_gb,
+                              timing_cache=str(timing_cache) if timing_cache else None, source=model)
+        preflight(config)  # every refusal before the model is loaded
+        check_target(out, BUNDLE_OWNER, force)
         console.print(f"[dim]·[/] loading {model}")
         m = load(model)
         t0 = time.perf_counter()
         # one line per stage (with elapsed time); evaluation passes show rich progress bars with an ETA
-        manifest = export_bundle(
-            m, out, formats=formats, precision=precision, batch_sizes=sizes, opset=opset, normalize=normalize,
-            exporter=exporter, atol=atol, optimize=optimize, eval_data=eval_data, eval_limit=eval_limit,
-            max_recall_drop=max_recall_drop, skip_recall_gate=skip_recall_gate, sparse=sparse,
-            workspace_gb=workspace_gb, timing_cache=timing_cache, source=model, progress=True,
-            log=lambda msg: console.print(f"[dim]· {time.perf_counter() - t0:6.1f}s[/] {msg}"))
+        manifest = export_bundle(m, out, config, progress=True, force=force,
+                                 log=lambda msg: console.print(f"[dim]· {time.perf_counter() - t0:6.1f}s[/] {msg}"))
     p = manifest["parity"]
     console.print(f"[green]exported[/] {model} -> {out} ({', '.join(manifest['formats'])}, {precision})")
     console.print(f"  parity ONNX Runtime vs torch: max |diff| {p['max_abs']:.2e} (atol {p['atol']:g})")
     for name, v in manifest["variants"].items():
         r = v.get("recall")
-        line = f"  {name:9s} {v['files']['image']}, {v['files']['text']}"
+        line = f"  {name:9s} {v['files']['vision']}, {v['files']['text']}"
         if r:
             line += f"  Recall Mean {r['recall_mean']:.2f}"
             if "recall_delta" in v:
                 line += f" ({v['recall_delta']:+.2f} vs fp32)"
+        if v.get("runtimes") == ["onnxruntime"]:
+            line += "  [ONNX Runtime only]"
         console.print(line)
+    for name, why in (manifest.get("refused_variants") or {}).items():
+        console.print(f"  [yellow]{name} not written[/]: {why}")
     for tower, e in ((manifest.get("tensorrt") or {}).get("engines") or {}).items():
         console.print(f"  TensorRT {tower}: {e['file']} ({e['build_seconds']} s)")
     if manifest.get("triton"):

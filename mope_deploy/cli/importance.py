@@ -7,12 +7,10 @@ from pathlib import Path
 
 import typer
 
-from .app import MODEL_HELP, app
 from ..progress import progress_bar
-from .common import console, user_errors
+from .common import MODEL_HELP, UsageError, console, user_errors
 
 
-@app.command()
 def importance(
     model: str = typer.Argument(..., help=MODEL_HELP),
     data: str = typer.Option(None, "--data", help="Validation set: synthetic:val, a captions CSV/TSV, a Karpathy "
@@ -37,17 +35,22 @@ def importance(
     import torch
 
     from .. import distributed as D
+    from ..device import default_device
     from ..importance import score
     from ..models import load
 
+    from ..vocab import TOWERS
+
     with user_errors():
-        towers = ("vision", "text") if tower == "both" else (tower,)
-        if tower not in ("vision", "text", "both"):
-            raise ValueError(f"--tower must be vision, text or both, got {tower!r}")
+        if tower not in (*TOWERS, "both"):
+            raise UsageError(f"--tower must be {', '.join(TOWERS)} or both, got {tower!r}")
+        towers = TOWERS if tower == "both" else (tower,)
         if method != "magnitude" and not data:
-            raise ValueError(f"--method {method} measures the model on data: give --data (e.g. synthetic:val)")
+            raise UsageError(f"--method {method} measures the model on data: give --data (e.g. synthetic:val)")
         rank, world = D.init_from_env()
-        dev = device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+        dev = device or default_device()
+        if dev == "cuda":  # under torchrun each rank has set its own current device
+            dev = f"cuda:{torch.cuda.current_device()}"
         t0 = time.perf_counter()
         net = load(model, device=dev).eval()
         images = tokens = txt2img = None
@@ -58,7 +61,9 @@ def importance(
 
             ds = load_dataset(data, split=split)
             if max_images is not None:
-                ds = _first_images(ds, max_images)
+                if max_images < 1:
+                    raise UsageError(f"--max-images must be positive, got {max_images}")
+                ds = ds.head(max_images)
             images, tokens, txt2img = encode_inputs(net, ds, batch_size=batch_size)
             name = ds.name if hasattr(ds, "name") else data
         with progress_bar(rank == 0 and method == "mope", console=console) as bar:
@@ -79,13 +84,3 @@ def importance(
                           f"in {table.meta['total_seconds']:.1f}s")
         D.destroy()
 
-
-def _first_images(ds, n: int):
-    """The first ``n`` images of a dataset with their captions."""
-    from ..data.datasets import RetrievalDataset
-
-    if n < 1:
-        raise ValueError(f"--max-images must be positive, got {n}")
-    keep = [c for c, i in enumerate(ds.txt2img) if i < n]
-    return RetrievalDataset(name=f"{ds.name}[:{n}]", images=[ds.images[i] for i in range(min(n, len(ds.images)))],
-                            captions=[ds.captions[c] for c in keep], txt2img=[ds.txt2img[c] for c in keep])

@@ -7,17 +7,17 @@ from typing import List, Optional
 
 import typer
 
-from .app import MODEL_HELP, app
-from .common import console, user_errors
+from ..vocab import TOWERS
+from .common import MODEL_HELP, UsageError, console, user_errors
 
 
-@app.command()
 def prune(
     model: str = typer.Argument(..., help=MODEL_HELP),
     scores: Optional[List[Path]] = typer.Option(None, "--scores", help="Score table(s) from `mope importance` "
                                                 "(repeat to give e.g. a mope and a gradient table)."),
     tower: str = typer.Option("both", help="Tower(s) to prune: vision, text or both."),
-    width: Optional[int] = typer.Option(None, help="Attention width W per kept block (W/64 heads), FFN = 4W."),
+    width: Optional[int] = typer.Option(None, help="Attention width W per kept block (W/head_dim heads); FFN keeps "
+                                        "the teacher's FFN/width ratio (4W for CLIP)."),
     depth: Optional[int] = typer.Option(None, help="Blocks to keep per pruned tower."),
     params: Optional[int] = typer.Option(None, help="Block-parameter budget for the pruned tower(s) (decides W)."),
     method: str = typer.Option("mope", help="Width ranking: mope, magnitude (from weights) or gradient."),
@@ -27,47 +27,45 @@ def prune(
     groups: int = typer.Option(32, help="FFN neuron groups for --method magnitude computed here."),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="Re-apply an existing plan.json instead."),
     out: Path = typer.Option(..., "--out", help="Model directory to write (config.json, model.safetensors, "
-                             "plan.json)."),
+                             "plan.json): absent, empty, or a model directory mope wrote before."),
+    force: bool = typer.Option(False, "--force", help="Replace --out even if it is not a model directory mope "
+                               "wrote (a file or a folder with other content)."),
 ) -> None:
     """Make a pruning plan from score tables and a target, apply it, and save the smaller model."""
     from ..importance import ScoreTable, magnitude_table
     from ..models import load, model_stats, save_model
-    from ..pruning import PruningPlan, Target, apply_plan, make_plan
+    from ..pruning import PruningPlan, Target, apply_plan, plan_for
+
+    from ..atomic import check_target
+    from ..models.io import model_dir_owner
 
     with user_errors():
-        teacher = load(model).eval()
-        if plan_file is not None:
-            plan = PruningPlan.load(plan_file)
-        else:
+        check_target(out, model_dir_owner(["plan.json"]), force)
+        if plan_file is None:  # every refusal before the model is loaded
             target = Target(tower=tower, width=width, depth=depth, params=params, depth_method=depth_method,
-                            allocation=allocation)
+                            allocation=allocation, method=method)
             target.check()
             tables = {}
             for path in scores or []:
                 t = ScoreTable.load(path)
                 tables.setdefault(t.method, t)
-            towers = target.towers()
-            needs_width = width is not None or params is not None
-            if method not in ("mope", "magnitude", "gradient"):
-                raise ValueError(f"--method must be mope, magnitude or gradient, got {method!r}")
-            wanted = {method} if needs_width else set()
-            if depth is not None and depth_method in ("mope", "gradient", "magnitude"):
-                wanted.add(depth_method)
-            for m in sorted(wanted):
-                if m not in tables:
-                    if m == "magnitude":
-                        tables[m] = magnitude_table(teacher, towers, groups)
-                    else:
-                        raise ValueError(f"no {m} score table given: run `mope importance {model} --data SPEC "
-                                         f"--method {m} --out {m}.json` and pass --scores {m}.json"
-                                         + (" (or use --depth-method every-other/top/bottom)" if m == depth_method
-                                            else ""))
-            plan = make_plan(teacher.config, target, width_table=tables.get(method) if needs_width else None,
-                             depth_table=tables.get(depth_method), teacher=model)
+            for m in target.required_tables():
+                if m not in tables and m != "magnitude":
+                    raise UsageError(f"no {m} score table given: run `mope importance {model} --data SPEC "
+                                     f"--method {m} --out {m}.json` and pass --scores {m}.json"
+                                     + (" (or use --depth-method every-other/top/bottom)" if m == depth_method
+                                        else ""))
+        teacher = load(model).eval()
+        if plan_file is not None:
+            plan = PruningPlan.load(plan_file)
+        else:
+            if "magnitude" in target.required_tables() and "magnitude" not in tables:
+                tables["magnitude"] = magnitude_table(teacher, target.towers(), groups)  # from the weights alone
+            plan = plan_for(teacher.config, target, tables, teacher=model)
         student = apply_plan(teacher, plan)
-        save_model(student, out, extra_files={"plan.json": plan.to_json()})
+        save_model(student, out, extra_files={"plan.json": plan.to_json()}, force=force)
     before, after = model_stats(teacher.config), model_stats(student.config)
-    for name in ("vision", "text"):
+    for name in TOWERS:
         b, a = before[name], after[name]
         console.print(f"{name}: {b['depth']} -> {a['depth']} blocks, block params {b['params'] / 1e6:.2f}M -> "
                       f"{a['params'] / 1e6:.2f}M")

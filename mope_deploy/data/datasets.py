@@ -15,6 +15,7 @@ is an error that says why.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -28,13 +29,15 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import MopeError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Column names tried in order when the caller does not name them (open_clip's defaults first).
 IMAGE_KEYS = ("filepath", "image", "image_path", "filename", "file", "path", "img", "url")
 CAPTION_KEYS = ("title", "caption", "text", "sentence", "raw", "captions")
 
 
-class DatasetError(ValueError):
+class DatasetError(MopeError, ValueError):
     """A dataset that cannot be read at all, or that is empty after skipping bad items."""
 
 
@@ -173,6 +176,17 @@ class RetrievalDataset:
             out[i].append(c)
         return out
 
+    def head(self, k: int) -> "RetrievalDataset":
+        """The first ``k`` images with all their captions (the dataset itself when it has no more than ``k``)."""
+        if k < 1:
+            raise DatasetError(f"dataset {self.name!r}: keep at least one image, got {k}")
+        if self.n_images <= k:
+            return self
+        caps = [c for c, i in enumerate(self.txt2img) if i < k]
+        return RetrievalDataset(name=f"{self.name}[:{k}]", images=self.images[:k],
+                                captions=[self.captions[c] for c in caps], txt2img=[self.txt2img[c] for c in caps],
+                                report=self.report, image_names=self.image_names[:k] if self.image_names else None)
+
     def describe(self) -> str:
         s = f"{self.name}: {self.n_images} images, {self.n_captions} captions"
         return s + (f" ({len(self.report)} items skipped)" if len(self.report) else "")
@@ -191,6 +205,9 @@ def _group(name: str, pairs: Iterable[tuple[str, str]], report: DataReport, chec
     captions: list[str] = []
     txt2img: list[int] = []
     for key, caption in pairs:
+        if caption is not None and not isinstance(caption, str):
+            report.add("caption not text", f"{key}: {type(caption).__name__}")
+            continue
         caption = (caption or "").strip()
         if not caption:
             report.add("empty caption", key)
@@ -274,9 +291,14 @@ def load_csv(path: str | Path, split: str | None = None, image_root: str | Path 
     roots = _default_roots(path, image_root)
     resolve = _resolver(roots)
     report = DataReport()
-    with open(path, newline="", encoding="utf-8") as f:
+    # utf-8-sig drops a spreadsheet's byte-order mark; surrogateescape keeps bytes that are not UTF-8 visible so
+    # that the row can be skipped and reported (never turned into replacement characters)
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f, _field_limit(CSV_READ_LIMIT):
         reader = csv.DictReader(f, delimiter=sep)
-        header = reader.fieldnames or []
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as e:
+            raise DatasetError(f"{path}: the header row cannot be read as CSV ({e})") from None
         ik = img_key or next((k for k in IMAGE_KEYS if k in header), None)
         ck = caption_key or next((k for k in CAPTION_KEYS if k in header), None)
         for what, key, flag in (("image", ik, "--csv-img-key"), ("caption", ck, "--csv-caption-key")):
@@ -284,7 +306,8 @@ def load_csv(path: str | Path, split: str | None = None, image_root: str | Path 
                 raise DatasetError(f"{path}: no {what} column{f' {key!r}' if key else ''} in header {header} "
                                    f"(separator {sep!r}); name it with {flag}")
         use_split = split is not None and "split" in header
-        rows = ((r.get(ik) or "", r.get(ck) or "") for r in reader if not use_split or r.get("split") == split)
+        rows = ((r.get(ik) or "", r.get(ck) or "") for r in _csv_rows(reader, path, report)
+                if not use_split or r.get("split") == split)
         paths: dict[str, Path] = {}
 
         def check(key: str) -> tuple[bool, str]:
@@ -299,16 +322,75 @@ def load_csv(path: str | Path, split: str | None = None, image_root: str | Path 
                    f"{path}, image root {' then '.join(map(str, roots))}")
 
 
+CSV_FIELD_LIMIT = 131072            # csv's own default: a longer field is not a caption (or a path)
+CSV_READ_LIMIT = 1 << 24            # read such fields whole (to skip exactly that row), up to this size
+
+
+@contextlib.contextmanager
+def _field_limit(n: int):
+    old = csv.field_size_limit(n)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _csv_rows(reader: csv.DictReader, path: Path, report: DataReport):
+    """Rows of ``reader``; a row with a field over :data:`CSV_FIELD_LIMIT` characters, an unparsable row or
+    one with bytes that are not UTF-8 is skipped and counted in ``report`` (with its line number)."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            report.add("unreadable csv row", f"{path.name} line {reader.line_num}: {e}")
+            continue
+        values = [v for v in row.values() if isinstance(v, str)]
+        if any(len(v) > CSV_FIELD_LIMIT for v in values):
+            report.add("field over the csv field limit", f"{path.name} line {reader.line_num} "
+                       f"(a field of more than {CSV_FIELD_LIMIT} characters)")
+            continue
+        if any(_not_utf8(v) for v in values):
+            report.add("caption not UTF-8", f"{path.name} line {reader.line_num}")
+            continue
+        yield row
+
+
+def _not_utf8(text: str) -> bool:
+    """True for text decoded with ``surrogateescape`` from bytes that are not valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def decode_caption(data: bytes) -> str | None:
+    """Caption bytes as text, the same rule for every format: UTF-8 (a byte-order mark is dropped), or None
+    when the bytes are not UTF-8 (the caller skips the item and reports it; never replacement characters)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+
+
 def load_karpathy(path: str | Path, split: str = "test", image_root: str | Path | None = None) -> RetrievalDataset:
     """Karpathy-split JSON: ``images[]`` with ``filename``, ``split``, ``sentences[].raw`` and optional
     ``filepath`` (COCO's ``val2014``). ``train`` also takes ``restval`` images, the usual convention."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DatasetError(f"{path} not found") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path} is a folder, not a Karpathy-split JSON file") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {e.start}); JSON files are UTF-8") from None
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise DatasetError(f"{path} is not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{path}: expected Karpathy-split JSON with a top-level 'images' list")
     splits = {split, "restval"} if split == "train" else {split}
@@ -323,11 +405,15 @@ def load_karpathy(path: str | Path, split: str = "test", image_root: str | Path 
 
     def pairs():
         for im in entries:
-            if not im.get("filename"):
-                report.add("missing image", f"entry without filename (sentences: {len(im.get('sentences') or [])})")
+            if not im.get("filename") or not isinstance(im["filename"], str) \
+                    or not isinstance(im.get("filepath") or "", str):
+                report.add("missing image", f"entry without a filename string (filename {im.get('filename')!r})")
                 continue
             rel = os.path.join(im.get("filepath") or "", im["filename"])
             sentences = im.get("sentences") or []
+            if not isinstance(sentences, list):
+                report.add("no caption", f"{rel}: sentences is not a list")
+                continue
             if not sentences:
                 report.add("no caption", rel)
             for s in sentences:
@@ -423,7 +509,11 @@ def load_webdataset(pattern: str | Path) -> RetrievalDataset:
                 if text is None:
                     report.add("no caption", label)
                     continue
-                lines = [ln.strip() for ln in text.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+                decoded = decode_caption(text)
+                if decoded is None:
+                    report.add("caption not UTF-8", label)
+                    continue
+                lines = [ln.strip() for ln in decoded.splitlines() if ln.strip()]
                 if not lines:
                     report.add("empty caption", label)
                     continue
@@ -454,6 +544,16 @@ def _is_webdataset(spec: str) -> bool:
     return ("{" in spec and ".tar" in spec) or spec.endswith(".tar") or (p.is_dir() and any(p.glob("*.tar")))
 
 
+def load_synthetic(split: str = "test", n_images: int | None = None) -> RetrievalDataset:
+    """A fixed split of the embedded synthetic scenes (:mod:`mope_deploy.data.synthetic`) as a dataset."""
+    from . import synthetic
+
+    if split not in synthetic.SPLITS:
+        raise DatasetError(f"unknown synthetic split {split!r}; use one of {', '.join(synthetic.SPLITS)}")
+    images, captions, txt2img = synthetic.split_items(split, n_images=n_images)
+    return RetrievalDataset(name=f"synthetic:{split}", images=images, captions=captions, txt2img=txt2img)
+
+
 def load_dataset(spec: str | Path, split: str = "test", image_root: str | Path | None = None,
                  **csv_options: Any) -> RetrievalDataset:
     """Open a retrieval dataset named by ``spec`` (see the module docstring for the forms).
@@ -462,9 +562,7 @@ def load_dataset(spec: str | Path, split: str = "test", image_root: str | Path |
     """
     spec = str(spec)
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        from .synthetic import load_split
-
-        return load_split(spec.split(":", 1)[1] if ":" in spec else split)
+        return load_synthetic(spec.split(":", 1)[1] if ":" in spec else split)
     if _is_webdataset(spec):
         return load_webdataset(spec)
     p = Path(spec)

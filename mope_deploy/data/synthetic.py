@@ -429,15 +429,15 @@ class SyntheticStream(IterableDataset):
             yield (self.transform(image) if self.transform else image), text
 
 
-def load_split(split: str = "test", seed: int = DEFAULT_SEED, size: int = IMAGE_SIZE, n_images: int | None = None):
-    """The fixed ``split`` as a :class:`~mope_deploy.data.datasets.RetrievalDataset` (5 captions per image).
+def split_items(split: str = "test", seed: int = DEFAULT_SEED, size: int = IMAGE_SIZE,
+                n_images: int | None = None) -> tuple[list[Image.Image], list[str], list[int]]:
+    """The fixed ``split`` as ``(images, captions, txt2img)`` (5 captions per image); wrapped as a dataset by
+    :func:`mope_deploy.data.datasets.load_synthetic`.
 
     ``val`` has 250 images and ``test`` 500, each with at least one held-out colour-shape pair, in families
     of :data:`FAMILY` minimal pairs; ``train`` is the first 1000 samples of the training stream.
     ``n_images`` takes the first images only (quick checks).
     """
-    from .datasets import RetrievalDataset
-
     _check_split(split)
     n = SPLIT_SIZES[split] if n_images is None else n_images
     if n <= 0:
@@ -448,4 +448,4 @@ def load_split(split: str = "test", seed: int = DEFAULT_SEED, size: int = IMAGE_
         images.append(image)
         captions.extend(caps)
         txt2img.extend([i] * len(caps))
-    return RetrievalDataset(name=f"synthetic:{split}", images=images, captions=captions, txt2img=txt2img)
+    return images, captions, txt2img

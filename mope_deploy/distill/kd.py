@@ -17,8 +17,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import MopeError
 from ..models import CLIPConfig
+from ..vocab import TOWERS
 from .losses import Outputs, clip_logits, info_nce
+
+
+class DistillError(MopeError, ValueError):
+    """A student and teacher (or loss settings) that cannot be distilled together."""
+
+
+def hidden_forward(model: Any, batch: dict[str, Any]) -> Outputs:
+    """The trainer's forward pass that also returns every block's hidden states (for L_hidn):
+    ``Outputs.extra["hidden"][tower]``."""
+    img, hv = model.visual(batch["images"], return_hidden=True)
+    txt, ht = model.text(batch["tokens"], return_hidden=True)
+    return Outputs(image=F.normalize(img, dim=-1), text=F.normalize(txt, dim=-1), logit_scale=model.logit_scale.exp(),
+                   extra={"hidden": {"vision": hv, "text": ht}})
 
 
 @dataclass(frozen=True)
@@ -50,18 +65,18 @@ def feature_loss(student: Outputs, teacher: Outputs) -> torch.Tensor:
 def block_map(student: CLIPConfig, teacher: CLIPConfig) -> dict[str, list[int]]:
     """For each tower, the teacher block position each student block is distilled from."""
     out = {}
-    for tower in ("vision", "text"):
+    for tower in TOWERS:
         position = {b.source: i for i, b in enumerate(teacher.tower(tower).blocks)}
         missing = [b.source for b in student.tower(tower).blocks if b.source not in position]
         if missing:
-            raise ValueError(f"{tower}: student blocks come from teacher blocks {missing}, which the teacher "
+            raise DistillError(f"{tower}: student blocks come from teacher blocks {missing}, which the teacher "
                              "does not have; distil from the model the plan was made for")
         out[tower] = [position[b.source] for b in student.tower(tower).blocks]
     return out
 
 
 def hidden_loss(student: Outputs, teacher: Outputs, mapping: dict[str, list[int]],
-                towers: tuple[str, ...] = ("vision", "text")) -> torch.Tensor:
+                towers: tuple[str, ...] = TOWERS) -> torch.Tensor:
     """L_hidn: ``1/2 sum over towers of sum_m MSE(H_s^m, H_t^{map(m)})``."""
     total = student.image.new_zeros(())
     for tower in towers:
@@ -75,9 +90,9 @@ class DistillationLoss:
     """The paper's combined loss, in the trainer's loss protocol ``(student, batch, teacher) -> (loss, logs)``."""
 
     def __init__(self, weights: KDWeights, mapping: dict[str, list[int]] | None = None,
-                 towers: tuple[str, ...] = ("vision", "text")):
+                 towers: tuple[str, ...] = TOWERS):
         if (weights.gamma > 0) and mapping is None:
-            raise ValueError("the hidden-state loss (gamma > 0) needs the student->teacher block map")
+            raise DistillError("the hidden-state loss (gamma > 0) needs the student->teacher block map")
         self.weights, self.mapping, self.towers = weights, mapping, towers
 
     @property
@@ -93,7 +108,7 @@ class DistillationLoss:
                  ) -> tuple[torch.Tensor, dict[str, float]]:
         w = self.weights
         if self.needs_teacher and teacher is None:
-            raise ValueError("distillation terms (alpha, beta, gamma) need teacher outputs")
+            raise DistillError("distillation terms (alpha, beta, gamma) need teacher outputs")
         terms: dict[str, torch.Tensor] = {}
         if w.itc > 0:
             terms["itc"] = w.itc * info_nce(student.image, student.text, student.logit_scale)

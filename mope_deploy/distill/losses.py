@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
+
+from ..models.objectives import clip_logits, info_nce
 
 
 @dataclass
@@ -30,18 +31,6 @@ class Loss(Protocol):
                  ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-def clip_logits(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Image-to-text similarity logits ``scale * image @ text.T`` (rows: images)."""
-    return logit_scale * image @ text.t()
-
-
-def info_nce(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE: pair i is the positive of row i and of column i."""
-    logits = clip_logits(image, text, logit_scale)
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-
-
 class ContrastiveLoss:
     """InfoNCE on the student's own embeddings (the teacher, if any, is ignored)."""
 
@@ -53,3 +42,6 @@ class ContrastiveLoss:
             labels = torch.arange(logits.shape[0], device=logits.device)
             acc = ((logits.argmax(1) == labels).float().mean() + (logits.argmax(0) == labels).float().mean()) / 2
         return loss, {"contrastive": float(loss.detach()), "batch_acc": float(acc)}
+
+
+__all__ = ["Outputs", "Loss", "ContrastiveLoss", "clip_logits", "info_nce"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -39,7 +40,13 @@ from torch import nn
 from .. import distributed as D
 from ..atomic import atomic_file, atomic_write_text
 from ..progress import progress_bar
+from ..errors import MopeError
 from .losses import ContrastiveLoss, Loss, Outputs
+
+
+class TrainError(MopeError, ValueError):
+    """Training settings, data or a checkpoint that a run cannot use (names the problem and the fix)."""
+
 
 Batch = dict[str, Any]
 DataFn = Callable[[int], Iterable[Batch]]
@@ -72,15 +79,15 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         if self.steps <= 0:
-            raise ValueError(f"steps must be positive, got {self.steps}")
+            raise TrainError(f"steps must be positive, got {self.steps}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise TrainError(f"lr must be positive, got {self.lr}")
         if self.grad_accum < 1:
-            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+            raise TrainError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+            raise TrainError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
         if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+            raise TrainError(f"grad_clip must be positive or None, got {self.grad_clip}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,25 +172,40 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` (weights only: nothing is unpickled)."""
         path = Path(path)
+        redo = f"delete {path} to restart this training run from its first step"
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"checkpoint {path} cannot be read ({e}); delete it to start from scratch") from None
+        except pickle.UnpicklingError:
+            # torch's own message is a page long and suggests weights_only=False, which we never do
+            raise TrainError(f"checkpoint {path} was refused: it holds Python objects other than tensors and plain "
+                             f"data, and mope never unpickles code (torch.load weights_only=True); it was not "
+                             f"written by mope. {redo}") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise TrainError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0][:200]}); "
+                             f"{redo}") from None
+        keys = ("step", "model", "optimizer", "scheduler", "rng", "config")
+        if not isinstance(state, dict) or any(k not in state for k in keys) or not isinstance(state["config"], dict):
+            raise TrainError(f"checkpoint {path} is not a training checkpoint written by mope (expected the keys "
+                             f"{', '.join(keys)}); {redo}")
         saved = state["config"]
         for key in ("steps", "lr", "grad_accum", "warmup_steps", "seed"):
             if saved.get(key) != getattr(self.config, key):
-                raise ValueError(f"checkpoint {path} was made with {key}={saved.get(key)!r} but this run has "
+                raise TrainError(f"checkpoint {path} was made with {key}={saved.get(key)!r} but this run has "
                                  f"{key}={getattr(self.config, key)!r}; use the same settings or a new out_dir")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise TrainError(f"checkpoint {path} does not fit this model ({str(e).splitlines()[0][:200]}); "
+                             f"{redo}") from None
         _set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.best = state.get("best")
 
     def _require_out(self) -> Path:
         if self.out_dir is None:
-            raise ValueError("TrainConfig.out_dir is not set: checkpoints need a folder")
+            raise TrainError("TrainConfig.out_dir is not set: checkpoints need a folder")
         return self.out_dir
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -245,7 +267,7 @@ class Trainer:
             try:
                 batch = next(batches)
             except StopIteration:
-                raise ValueError(f"the data ran out at step {self.step}; give an endless stream or fewer steps") from None
+                raise TrainError(f"the data ran out at step {self.step}; give an endless stream or fewer steps") from None
             if self.world > 1:
                 rows = D.shard(len(batch["tokens"]))
                 batch = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -323,7 +345,7 @@ def pil_batches(pairs: Callable[[int], Iterator[tuple[Any, str]]], preprocess: C
                 batch_size: int) -> DataFn:
     """Turn ``start_sample -> iterator of (PIL image, caption)`` into the trainer's ``start_batch -> batches``."""
     if batch_size < 2:
-        raise ValueError(f"contrastive training needs batch_size >= 2, got {batch_size}")
+        raise TrainError(f"contrastive training needs batch_size >= 2, got {batch_size}")
 
     def data(start: int) -> Iterator[Batch]:
         it = pairs(start * batch_size)

@@ -17,7 +17,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
+
+from ..errors import MopeError
 from ..progress import progress_bar
+
+
+class EvalError(MopeError, ValueError):
+    """Evaluation inputs that cannot be scored (nothing decodable, mismatched sizes)."""
+
 
 KS = (1, 5, 10)
 METRIC_KEYS = ("tr1", "tr5", "tr10", "ir1", "ir5", "ir10", "recall_mean", "tr_mean", "ir_mean")
@@ -25,26 +32,26 @@ METRIC_KEYS = ("tr1", "tr5", "tr10", "ir1", "ir5", "ir10", "recall_mean", "tr_me
 
 def _check(img_emb: Tensor, txt_emb: Tensor, txt2img: Tensor | Sequence[int]) -> Tensor:
     if img_emb.ndim != 2 or txt_emb.ndim != 2:
-        raise ValueError(f"embeddings must be 2-D [N, D] and [M, D]; got {tuple(img_emb.shape)} and "
+        raise EvalError(f"embeddings must be 2-D [N, D] and [M, D]; got {tuple(img_emb.shape)} and "
                          f"{tuple(txt_emb.shape)}")
     if img_emb.shape[1] != txt_emb.shape[1]:
-        raise ValueError(f"image and text embeddings have different widths ({img_emb.shape[1]} vs "
+        raise EvalError(f"image and text embeddings have different widths ({img_emb.shape[1]} vs "
                          f"{txt_emb.shape[1]}); both must come from the same model")
     n, m = img_emb.shape[0], txt_emb.shape[0]
     if n == 0 or m == 0:
-        raise ValueError(f"nothing to evaluate: {n} images and {m} captions")
+        raise EvalError(f"nothing to evaluate: {n} images and {m} captions")
     t2i = torch.as_tensor(txt2img, dtype=torch.long).to(img_emb.device)
     if t2i.shape != (m,):
-        raise ValueError(f"txt2img must hold one image index per caption ({m}); got shape {tuple(t2i.shape)}")
+        raise EvalError(f"txt2img must hold one image index per caption ({m}); got shape {tuple(t2i.shape)}")
     if int(t2i.min()) < 0 or int(t2i.max()) >= n:
-        raise ValueError(f"txt2img has image indices outside [0, {n}): min {int(t2i.min())}, max {int(t2i.max())}")
+        raise EvalError(f"txt2img has image indices outside [0, {n}): min {int(t2i.min())}, max {int(t2i.max())}")
     counts = torch.bincount(t2i, minlength=n)
     if bool((counts == 0).any()):
         missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
-        raise ValueError(f"{int((counts == 0).sum())} image(s) have no caption (first: {missing}); drop images "
+        raise EvalError(f"{int((counts == 0).sum())} image(s) have no caption (first: {missing}); drop images "
                          "without captions before evaluating retrieval")
     if not (torch.isfinite(img_emb).all() and torch.isfinite(txt_emb).all()):
-        raise ValueError("embeddings contain NaN or inf; the model produced invalid outputs (check its weights "
+        raise EvalError("embeddings contain NaN or inf; the model produced invalid outputs (check its weights "
                          "and input dtype)")
     return t2i
 
@@ -69,7 +76,7 @@ def retrieval_ranks(img_emb: Tensor, txt_emb: Tensor, txt2img: Tensor | Sequence
     Peak extra memory is about ``chunk_size * max(N, M) * 6`` bytes (a float32 score block plus masks).
     """
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise EvalError(f"chunk_size must be >= 1, got {chunk_size}")
     t2i = _check(img_emb, txt_emb, txt2img)
     img = img_emb.float()
     txt = txt_emb.float()
@@ -194,7 +201,7 @@ def _remap(dataset, kept: list[int]) -> tuple[list[int], list[int]]:
             caps.append(c)
             t2i.append(new_index[i])
     if not kept or not caps:
-        raise ValueError(f"dataset {dataset.name!r}: no image could be decoded, nothing left to evaluate. "
+        raise EvalError(f"dataset {dataset.name!r}: no image could be decoded, nothing left to evaluate. "
                          f"{dataset.report.summary()}")
     return caps, t2i
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..progress import progress_bar
-from .retrieval import _model_device_dtype, _record_failures, iter_image_batches
+from .retrieval import EvalError, _model_device_dtype, _record_failures, iter_image_batches
 
 # Our own prompt set, in the spirit of CLIP's ImageNet ensemble: photo styles, sizes, renderings.
 TEMPLATES: tuple[str, ...] = (
@@ -39,17 +39,17 @@ TEMPLATES: tuple[str, ...] = (
 
 def _check(img_emb: Tensor, class_emb: Tensor, labels: Tensor | Sequence[int]) -> Tensor:
     if img_emb.ndim != 2 or class_emb.ndim != 2 or img_emb.shape[1] != class_emb.shape[1]:
-        raise ValueError(f"expected image embeddings [N, D] and class embeddings [C, D]; got "
+        raise EvalError(f"expected image embeddings [N, D] and class embeddings [C, D]; got "
                          f"{tuple(img_emb.shape)} and {tuple(class_emb.shape)}")
     y = torch.as_tensor(labels, dtype=torch.long).to(img_emb.device)
     if y.shape != (img_emb.shape[0],):
-        raise ValueError(f"need one label per image ({img_emb.shape[0]}); got shape {tuple(y.shape)}")
+        raise EvalError(f"need one label per image ({img_emb.shape[0]}); got shape {tuple(y.shape)}")
     if img_emb.shape[0] == 0:
-        raise ValueError("no images to classify")
+        raise EvalError("no images to classify")
     if int(y.min()) < 0 or int(y.max()) >= class_emb.shape[0]:
-        raise ValueError(f"labels outside [0, {class_emb.shape[0]})")
+        raise EvalError(f"labels outside [0, {class_emb.shape[0]})")
     if not (torch.isfinite(img_emb).all() and torch.isfinite(class_emb).all()):
-        raise ValueError("embeddings contain NaN or inf")
+        raise EvalError("embeddings contain NaN or inf")
     return y
 
 
@@ -87,10 +87,10 @@ def naive_zeroshot_metrics(img_emb: Tensor, class_emb: Tensor, labels: Tensor | 
 def class_embeddings(model, classnames: Sequence[str], templates: Sequence[str] = TEMPLATES) -> Tensor:
     """``[C, D]`` normalised float32 classifier: per class, the mean of its normalised prompt embeddings."""
     if not classnames:
-        raise ValueError("no class names")
+        raise EvalError("no class names")
     bad = [t for t in templates if "{}" not in t]
     if not templates or bad:
-        raise ValueError(f"every prompt template needs a '{{}}' for the class name; bad: {bad[:3]}")
+        raise EvalError(f"every prompt template needs a '{{}}' for the class name; bad: {bad[:3]}")
     device, _ = _model_device_dtype(model)
     tokenizer = model.tokenizer
     out = []
@@ -122,7 +122,7 @@ def evaluate_zeroshot(model, dataset, templates: Sequence[str] = TEMPLATES, batc
                 labels.extend(dataset.labels[i] for i in idx)
             bar.advance(task, len(idx) + len(bad))
     if not embs:
-        raise ValueError(f"dataset {dataset.name!r}: no image could be decoded. {dataset.report.summary()}")
+        raise EvalError(f"dataset {dataset.name!r}: no image could be decoded. {dataset.report.summary()}")
     metrics: dict[str, Any] = zeroshot_metrics(torch.cat(embs), classes, labels)
     metrics.update(n_images=len(labels), n_classes=len(dataset.classnames), n_skipped=len(dataset.report))
     return metrics

@@ -23,21 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import MopeError
 from ..models.slim_clip import SlimCLIP
+from ..vocab import TOWERS
+from .bundle import INPUT_NAMES, OUTPUT_NAME, onnx_name
+from .config import FP32_ATOL, MIN_OPSET, check_opset, resolve_exporter
 
-IMAGE_FILE = "image_encoder.onnx"
-TEXT_FILE = "text_encoder.onnx"
-MANIFEST_FILE = "manifest.json"
-MIN_OPSET = 17
-EXPORTERS = ("auto", "dynamo", "legacy")
-# "auto" = the exporter with the lower measured peak memory. benchmarks/export_memory.py on ViT-L-14 (random
-# weights, 2-core/24 GB machine): legacy peak RSS 6.0 GB (+3.5 GB over the loaded model), dynamo 4.5 GB (+2.0 GB).
-# Dynamo's known flaw (a traced batch of 1 is baked in) is avoided by tracing a batch of 2 with a batch Dim.
-AUTO_EXPORTER = "dynamo"
+# The fp32 graph names, derived from the bundle format (kept for callers that name the plain graphs directly;
+# new code asks mope_deploy.exporting.bundle: onnx_name(tower, variant) / Bundle(root).onnx(tower, variant)).
+IMAGE_FILE, TEXT_FILE = onnx_name("vision"), onnx_name("text")
+
 # Weights above this go to a side file: ONNX protobufs cannot exceed 2 GiB, and loaders that mmap
 # external data use less memory, so we switch well before the limit.
 EXTERNAL_DATA_BYTES = 1 << 30
-FP32_ATOL = 1e-4
 
 # A few captions so the text parity check always sees real tokenizer output, even without --eval-data.
 SAMPLE_CAPTIONS = (
@@ -48,7 +46,7 @@ SAMPLE_CAPTIONS = (
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(MopeError, RuntimeError):
     """An export that was refused (parity or recall gate) or could not be produced."""
 
 
@@ -102,7 +100,9 @@ class TextEncoder(nn.Module):
         x = t.token_embedding.weight.index_select(0, tokens.reshape(-1)).view(tokens.shape[0], tokens.shape[1], -1)
         x = t.run_blocks(x + t.positional_embedding[: tokens.shape[1]].to(x.dtype))
         idx = pool_positions(tokens, self.pool, self.eos_id)
-        pooled = x.gather(1, idx.view(-1, 1, 1).expand(-1, 1, x.shape[-1])).squeeze(1)
+        # [:, 0], not .squeeze(1): with a dynamic batch the TorchScript exporter turns squeeze into an ``If`` whose
+        # branches differ in rank (squeezed or not), which TensorRT's ONNX parser refuses
+        pooled = x.gather(1, idx.view(-1, 1, 1).expand(-1, 1, x.shape[-1]))[:, 0]
         pooled = t.ln_final(pooled)
         proj = t.text_projection
         out = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
@@ -111,16 +111,18 @@ class TextEncoder(nn.Module):
 
 def encoder_specs(model: SlimCLIP) -> dict[str, dict[str, Any]]:
     """Names, shapes (``"batch"`` for the dynamic axis) and dtypes of both graphs, for the manifest."""
-    v, t, e = model.config.vision, model.config.text, model.config.embed_dim
-    out = [{"name": "embedding", "dtype": "float32", "shape": ["batch", e]}]
-    return {
-        "image": {"file": IMAGE_FILE, "inputs": [{"name": "image", "dtype": "float32",
-                                                  "shape": ["batch", 3, v.image_size, v.image_size]}],
-                  "outputs": out},
-        "text": {"file": TEXT_FILE, "inputs": [{"name": "tokens", "dtype": "int32",
-                                                "shape": ["batch", t.context_length]}],
-                 "outputs": [dict(out[0])]},
-    }
+    return {tower: {"file": onnx_name(tower), "inputs": [{"name": INPUT_NAMES[tower], "dtype": dtype, "shape": shape}],
+                    "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", model.config.embed_dim]}]}
+            for tower, dtype, shape in (("vision", "float32", ["batch", *input_shape(model, "vision")]),
+                                        ("text", "int32", ["batch", *input_shape(model, "text")]))}
+
+
+def input_shape(model: SlimCLIP, tower: str) -> tuple[int, ...]:
+    """Per-item input shape of a tower's graph: (3, S, S) images or (context_length,) tokens."""
+    if tower == "vision":
+        s = model.config.vision.image_size
+        return (3, s, s)
+    return (model.config.text.context_length,)
 
 
 def random_tokens(model: SlimCLIP, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -143,18 +145,6 @@ def tokenize(model: SlimCLIP, captions: Sequence[str]) -> torch.Tensor:
         raise ExportError(f"the model's tokenizer ({model.config.tokenizer}) produces id {int(toks.max())} but the "
                           f"text tower has {vocab} embeddings: fix config.tokenizer (or pass real_tokens)")
     return toks.to(torch.int32)
-
-
-def _check_opset(opset: int) -> None:
-    if not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(f"opset {opset!r} is too old: use opset >= {MIN_OPSET} (LayerNormalization is a "
-                         "single op from 17 on, which runtimes fuse and TensorRT keeps in fp32)")
-
-
-def resolve_exporter(exporter: str) -> str:
-    if exporter not in EXPORTERS:
-        raise ValueError(f"unknown exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
-    return AUTO_EXPORTER if exporter == "auto" else exporter
 
 
 def as_fp32(model: SlimCLIP) -> SlimCLIP:
@@ -180,13 +170,13 @@ def export_graph(module: nn.Module, example: torch.Tensor, path: Path, input_nam
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=65536)
             prog = torch.onnx.export(module, (example,), None, input_names=[input_name],
-                                     output_names=["embedding"], opset_version=opset, dynamo=True,
+                                     output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True,
                                      dynamic_shapes={input_name: {0: batch}}, verbose=False)
             prog.save(str(path), external_data=external_data)
         else:
-            torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=["embedding"],
+            torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[OUTPUT_NAME],
                               opset_version=opset, dynamo=False, do_constant_folding=True,
-                              dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}})
+                              dynamic_axes={input_name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
             if external_data:
                 _to_external_data(path)
     _check_graph(path, input_name)
@@ -226,8 +216,8 @@ def _check_graph(path: Path, input_name: str) -> None:
     m = onnx.load(str(path), load_external_data=False)
     ins = [i.name for i in m.graph.input]
     outs = [o.name for o in m.graph.output]
-    if ins != [input_name] or outs != ["embedding"]:
-        raise ExportError(f"{path.name}: expected input {input_name!r} and output 'embedding', got {ins} -> {outs}")
+    if ins != [input_name] or outs != [OUTPUT_NAME]:
+        raise ExportError(f"{path.name}: expected input {input_name!r} and output {OUTPUT_NAME!r}, got {ins} -> {outs}")
     for v in (m.graph.input[0], m.graph.output[0]):
         d0 = v.type.tensor_type.shape.dim[0]
         if d0.HasField("dim_value"):
@@ -274,22 +264,23 @@ def parity_check(model: SlimCLIP, bundle_dir: str | Path, normalize: bool = Fals
                  seed: int = 0) -> dict[str, Any]:
     """ONNX Runtime vs torch (the model's own ``encode_*``) on random and real inputs, per batch size.
 
-    Returns ``{"atol", "passed", "image": {"random": {...}, "real": {...}}, "text": {...}}`` with the max
-    and mean absolute differences; ``passed`` is False if any max exceeds ``atol``.
+    Returns ``{"atol", "passed", "vision": {"random": {...}, "real": {...}}, "text": {...}}`` with the max
+    and mean absolute differences; ``passed`` is False if any max exceeds ``atol``. ``files``: tower -> file
+    name in ``bundle_dir`` (default: the fp32 graphs).
     """
     bundle_dir = Path(bundle_dir)
-    files = files or {"image": IMAGE_FILE, "text": TEXT_FILE}
+    files = files or {t: onnx_name(t) for t in TOWERS}
     g = torch.Generator().manual_seed(seed)
     size = model.config.vision.image_size
     model = model.eval()
     report: dict[str, Any] = {"atol": atol, "batch_sizes": list(batch_sizes)}
     worst = 0.0
-    for tower in ("image", "text"):
+    for tower in TOWERS:
         sess = ort_session(bundle_dir / files[tower])
-        encode = model.encode_image if tower == "image" else model.encode_text
+        encode = model.encode_image if tower == "vision" else model.encode_text
         cases: dict[str, torch.Tensor] = {}
         n = sum(batch_sizes)
-        if tower == "image":
+        if tower == "vision":
             cases["random"] = torch.randn(n, 3, size, size, generator=g)
             if real_images is not None:
                 cases["real"] = real_images
@@ -318,8 +309,8 @@ def parity_check(model: SlimCLIP, bundle_dir: str | Path, normalize: bool = Fals
 def write_onnx(model: SlimCLIP, out_dir: str | Path, opset: int = MIN_OPSET, normalize: bool = False,
                exporter: str = "auto", external_data: bool | None = None,
                example_batch: int = 2) -> dict[str, Any]:
-    """Write both graphs into an existing directory (not atomic; :func:`export_onnx` wraps it)."""
-    _check_opset(opset)
+    """Write both graphs into an existing directory (not atomic; :func:`~.pipeline.export_bundle` wraps it)."""
+    check_opset(opset)
     exporter = resolve_exporter(exporter)
     if example_batch < 2:
         raise ValueError("example_batch must be >= 2: exporters specialise a traced batch of 1 into the graph")
@@ -328,51 +319,15 @@ def write_onnx(model: SlimCLIP, out_dir: str | Path, opset: int = MIN_OPSET, nor
     g = torch.Generator().manual_seed(0)
     size = model.config.vision.image_size
     info: dict[str, Any] = {"exporter": exporter, "normalize": normalize, "external_data": {}}
-    for tower, module, example, name, file in (
-        ("image", ImageEncoder(model, normalize), torch.randn(example_batch, 3, size, size, generator=g), "image",
-         IMAGE_FILE),
-        ("text", TextEncoder(model, normalize), random_tokens(model, example_batch, g), "tokens", TEXT_FILE),
+    for tower, module, example in (
+        ("vision", ImageEncoder(model, normalize), torch.randn(example_batch, 3, size, size, generator=g)),
+        ("text", TextEncoder(model, normalize), random_tokens(model, example_batch, g)),
     ):
         ext = _param_bytes(module) > EXTERNAL_DATA_BYTES if external_data is None else external_data
-        export_graph(module.eval(), example, out_dir / file, name, opset, exporter, ext)
+        export_graph(module.eval(), example, out_dir / onnx_name(tower), INPUT_NAMES[tower], opset, exporter, ext)
         info["external_data"][tower] = ext
-    info["opset"] = graph_opset(out_dir / IMAGE_FILE)
+    info["opset"] = graph_opset(out_dir / onnx_name("vision"))
     return info
-
-
-def export_onnx(model: SlimCLIP, out_dir: str | Path, batch_sizes: Sequence[int] = (1, 8, 64), opset: int = 17,
-                normalize: bool = False, exporter: str = "auto", external_data: bool | None = None,
-                atol: float = FP32_ATOL, real_images: torch.Tensor | None = None,
-                real_tokens: torch.Tensor | None = None) -> dict[str, Any]:
-    """Export ``model`` to an ONNX bundle in ``out_dir`` (atomically) and return its manifest.
-
-    Writes ``image_encoder.onnx`` (``image`` float32 [B,3,S,S] -> ``embedding`` float32 [B,E]),
-    ``text_encoder.onnx`` (``tokens`` int32 [B,ctx] -> ``embedding``), ``*.onnx.data`` when weights are
-    large (``external_data=None``: above 1 GiB per graph) and ``manifest.json``. ``batch_sizes`` are
-    (min, opt, max) for the dynamic batch axis. The export is refused (``ExportError``, nothing left in
-    ``out_dir``) unless ONNX Runtime matches torch within ``atol`` on random and real inputs. ``exporter``:
-    ``legacy`` (TorchScript), ``dynamo`` or ``auto`` (the one with the lower measured peak memory: dynamo). For variants, engines and Triton use
-    :func:`mope_deploy.exporting.export_bundle`.
-    """
-    from .bundle import export_bundle
-
-    return export_bundle(model, out_dir, formats=("onnx",), precision="fp32", batch_sizes=batch_sizes,
-                         opset=opset, normalize=normalize, exporter=exporter, external_data=external_data,
-                         atol=atol, real_images=real_images, real_tokens=real_tokens, optimize=False)
-
-
-def check_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, int, int]:
-    """(min, opt, max) from 1-3 positive ints; clear error otherwise."""
-    bs = [int(b) for b in batch_sizes]
-    if not 1 <= len(bs) <= 3 or any(b < 1 for b in bs):
-        raise ValueError(f"batch sizes {list(batch_sizes)} invalid: give MIN,OPT,MAX positive integers, e.g. 1,8,64")
-    if len(bs) == 1:
-        bs = [1, bs[0], bs[0]]
-    elif len(bs) == 2:
-        bs = [bs[0], bs[1], bs[1]]
-    if not bs[0] <= bs[1] <= bs[2]:
-        raise ValueError(f"batch sizes {bs} must satisfy MIN <= OPT <= MAX")
-    return bs[0], bs[1], bs[2]
 
 
 def onnx_size(path: str | Path) -> int:
@@ -381,6 +336,5 @@ def onnx_size(path: str | Path) -> int:
     return p.stat().st_size + sum(f.stat().st_size for f in p.parent.glob(p.name + ".data"))
 
 
-__all__ = ["IMAGE_FILE", "TEXT_FILE", "MANIFEST_FILE", "ExportError", "ImageEncoder", "TextEncoder",
-           "export_onnx", "write_onnx", "parity_check", "pool_positions", "random_tokens", "tokenize",
-           "encoder_specs", "ort_session", "run_session", "check_batch_sizes"]
+__all__ = ["ExportError", "ImageEncoder", "TextEncoder", "input_shape", "write_onnx", "parity_check", "pool_positions",
+           "random_tokens", "tokenize", "encoder_specs", "ort_session", "run_session", "onnx_size"]

@@ -1,221 +1,194 @@
-"""TensorRT 10 engines from the bundle's fp32 ONNX graphs (TensorRT Python API).
+"""Gated TensorRT engines for both encoders of a bundle (TensorRT 10.x and 11.x).
 
-Per encoder: ``trt.Builder`` -> network from ``trt.OnnxParser`` -> builder config with an optimisation
-profile (min/opt/max batch), the precision flags of ``export/tensorrt/profiles.json`` (fp16: LayerNorm,
-Softmax, reductions and the EOT ArgMax pinned to fp32 with ``OBEY_PRECISION_CONSTRAINTS``; int8: an
-``IInt8EntropyCalibrator2`` over evaluation inputs), optional 2:4 ``SPARSE_WEIGHTS``, a persistent timing
-cache, then ``build_serialized_network``. Writes ``{image,text}_encoder.{precision}.engine``,
-``tensorrt_build.log`` and ``tensorrt_timing.cache``. Needs a CUDA GPU and ``tensorrt>=10``.
+Per encoder: the precision's ONNX graph (fp32 as exported; fp16 with fp32 islands; int8 Q/DQ calibrated on the
+evaluation inputs: :mod:`.graph_precision`) -> strongly typed engine (:mod:`.trt_api`) -> numeric gate vs the
+torch model at batch 1/OPT/MAX, and for fp16/int8 a recall gate (:mod:`.engine_gate`) -> written only when both
+pass. ``typing="weak"`` keeps TensorRT 10's flag-based build (fp32 graph + FP16/INT8 flags, fp32 pins from
+``export/tensorrt/profiles.json``, an int8 calibrator) where the installed module still has those flags.
+Writes ``{image,text}_encoder.{precision}.engine``, the graphs they were built from
+(``*.trt-{fp16,int8}.onnx``), ``tensorrt_build.log`` and ``tensorrt_timing.cache``.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
+from .. import device as _device
+from ..device import TensorRTUnavailableError
 from ..models.slim_clip import SlimCLIP
-from .onnx import IMAGE_FILE, TEXT_FILE, ExportError
+from ..resources import TEMPLATES, read_text
+from ..vocab import TOWERS
+from . import engine_gate as eg
+from .bundle import BUILD_LOG_FILE, INPUT_NAMES, TIMING_CACHE_FILE, engine_name, onnx_name
+from .config import EvalInputs, ExportConfigError
+from .onnx import ExportError, input_shape, random_tokens
+from .trt_api import BuildOptions, LogSink, build_serialized, detect
 
-PROFILES_FILE = Path(__file__).resolve().parents[2] / "export" / "tensorrt" / "profiles.json"
-MIN_VERSION = 10
-TIMING_CACHE_FILE = "tensorrt_timing.cache"
-BUILD_LOG_FILE = "tensorrt_build.log"
-CALIB_DEVICE = "cuda"  # where calibration batches live (TensorRT reads them through device pointers)
-
-
-class TensorRTUnavailableError(RuntimeError):
-    """TensorRT (or a CUDA GPU) is not available on this machine."""
-
-
-def _cuda_available() -> bool:
-    return torch.cuda.is_available()
+PROFILES = ("tensorrt", "profiles.json")  # weak-typing settings, in mope_deploy.templates (the repo's export/)
+GATE_DEVICE = "cuda"
+TYPINGS = ("strong", "weak")
 
 
 def require_tensorrt():
-    """Import ``tensorrt`` (>= 10) and check for a CUDA device; a clear error otherwise."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise TensorRTUnavailableError(
-            "TensorRT is not installed: `pip install tensorrt` (>= 10, needs an NVIDIA GPU and driver), or export "
-            "--format onnx here and build engines on the GPU machine") from None
-    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
-    if major < MIN_VERSION:
-        raise TensorRTUnavailableError(f"TensorRT {trt.__version__} is too old: engines need TensorRT >= {MIN_VERSION}")
-    if not _cuda_available():
-        raise TensorRTUnavailableError("TensorRT engines are built on a CUDA GPU and none is visible here "
-                                       "(torch.cuda.is_available() is False); run the export on the GPU machine")
-    return trt
+    """Import ``tensorrt`` (10.x/11.x, by feature detection) and check for a CUDA device; a clear error otherwise."""
+    return _device.import_tensorrt(purpose="TensorRT engines are built", need_cuda=True)
 
 
-def load_profiles(path: str | Path = PROFILES_FILE) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"TensorRT build profiles not found at {path} (the top-level export/ folder of the "
-                                "mope-deploy checkout)")
-    return json.loads(path.read_text())
+def load_profiles(path: str | Path | None = None) -> dict[str, Any]:
+    """The weak-typing (TensorRT 10 flag) settings per precision: the shipped ``export/tensorrt/profiles.json``."""
+    if path is not None:
+        return json.loads(Path(path).read_text())
+    return json.loads(read_text(TEMPLATES, *PROFILES))
 
 
-def _make_logger(trt, lines: list[str]):
-    class BuildLogger(trt.ILogger):
-        """Keeps every builder message for ``tensorrt_build.log``."""
+def _graph_for(out_dir: Path, tower_file: str, precision: str, calib: torch.Tensor | None) -> tuple[Path, Any]:
+    """The ONNX graph an engine of ``precision`` is built from (written beside the fp32 one when needed)."""
+    from .graph_precision import convert_fp16_graph, quantize_qdq_graph
 
-        def __init__(self):
-            trt.ILogger.__init__(self)
-
-        def log(self, severity, msg):
-            lines.append(f"[{getattr(severity, 'name', severity)}] {msg}")
-
-    return BuildLogger()
-
-
-def make_calibrator(trt, inputs: torch.Tensor, input_name: str, batch_size: int, cache_file: Path,
-                    device: str = "cuda", max_batches: int = 32):
-    """An ``IInt8EntropyCalibrator2`` feeding ``inputs`` (preprocessed images or int32 tokens) in batches."""
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            n = min(len(inputs), batch_size * max_batches)
-            self.batches = [inputs[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
-            if not self.batches:
-                raise ExportError(f"int8 calibration needs at least {batch_size} inputs, got {len(inputs)}: "
-                                  "use more --eval-data or a smaller OPT batch size")
-            self.index, self.current = 0, None
-            self.fed = 0
-
-        def get_batch_size(self):
-            return batch_size
-
-        def get_batch(self, names):
-            if self.index >= len(self.batches):
-                return None
-            # the device buffer must stay alive until the next call: keep a reference
-            self.current = self.batches[self.index].contiguous().to(device)
-            self.index += 1
-            self.fed += 1
-            return [int(self.current.data_ptr()) for _ in names]
-
-        def read_calibration_cache(self):
-            return cache_file.read_bytes() if cache_file.is_file() else None
-
-        def write_calibration_cache(self, cache):
-            cache_file.write_bytes(bytes(cache))
-
-    return Calibrator()
+    src = out_dir / tower_file
+    if precision == "fp32":
+        return src, None
+    dst = out_dir / f"{Path(tower_file).stem}.trt-{precision}.onnx"
+    if precision == "fp16":
+        return dst, convert_fp16_graph(src, dst)
+    if calib is None:
+        raise ExportConfigError("int8 engines are calibrated on real inputs: give --eval-data SPEC")
+    return dst, quantize_qdq_graph(src, dst, calib)
 
 
-def pin_fp32(trt, network, layer_types: Sequence[str]) -> list[str]:
-    """Force layers of the given ``trt.LayerType`` names to run and output in fp32; returns their names."""
-    wanted = {getattr(trt.LayerType, t) for t in layer_types}
-    pinned = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type not in wanted:
-            continue
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            if layer.get_output(j).dtype in (trt.float32, trt.float16):
-                layer.set_output_type(j, trt.float32)
-        pinned.append(layer.name)
-    return pinned
+def _cases(model: SlimCLIP, tower: str, real: torch.Tensor | None, n: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    if tower == "vision":
+        s = model.config.vision.image_size
+        cases = {"random": torch.randn(n, 3, s, s, generator=g)}
+        if real is not None:
+            cases["real"] = real.float()
+    else:
+        cases = {"random": random_tokens(model, n, g)}
+        tokens = eg.sample_tokens(model, real)
+        if tokens is not None:
+            cases["real"] = tokens
+    return cases
 
 
-def build_engine(onnx_path: str | Path, engine_path: str | Path, input_name: str, input_shape: Sequence[int],
-                 batch_sizes: tuple[int, int, int], precision: str = "fp16", calib_inputs: torch.Tensor | None = None,
-                 sparse: bool = False, workspace_gb: float = 4.0, timing_cache: str | Path | None = None,
-                 log_lines: list[str] | None = None, calib_device: str = "cuda") -> dict[str, Any]:
-    """Build one serialized engine; returns what was set (flags, pinned layers, profile, timings)."""
-    trt = require_tensorrt()
-    profiles = load_profiles()
-    if precision not in profiles or precision.startswith("_"):
-        raise ValueError(f"no TensorRT build profile for precision {precision!r} in {PROFILES_FILE}")
-    prof = profiles[precision]
-    lines = log_lines if log_lines is not None else []
-    logger = _make_logger(trt, lines)
-    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    t0 = time.perf_counter()
+def _reference(model: SlimCLIP, tower: str) -> Callable[[torch.Tensor], np.ndarray]:
+    @torch.no_grad()
+    def ref(x: torch.Tensor) -> np.ndarray:
+        if tower == "vision":
+            return model.encode_image(x.float()).float().numpy()
+        return model.encode_text(x.to(torch.int64)).float().numpy()
 
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # by path, so external weight files are found
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ExportError(f"TensorRT could not parse {onnx_path.name}: " + "; ".join(errors))
+    return ref
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    bmin, bopt, bmax = batch_sizes
-    profile = builder.create_optimization_profile()
-    shape = tuple(int(d) for d in input_shape)
-    shapes = {"min": (bmin, *shape), "opt": (bopt, *shape), "max": (bmax, *shape)}
-    profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(profile)
 
-    flags = [f for f in prof.get("flags", [])]
-    if sparse:
-        flags.append("SPARSE_WEIGHTS")  # 2:4 structured-sparse kernels where the weights allow (Ampere+)
-    for name in flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    for name in prof.get("clear_flags", []):  # fp32 means fp32: no TF32 matmuls (parity 1e-4)
-        config.clear_flag(getattr(trt.BuilderFlag, name))
-    pinned = pin_fp32(trt, network, prof.get("pin_fp32", [])) if precision != "fp32" else []
-
-    calibrator = None
-    if precision == "int8":
-        if calib_inputs is None:
-            raise ValueError("TensorRT int8 needs calibration inputs (--eval-data SPEC)")
-        calib = prof.get("calibration", {})
-        calibrator = make_calibrator(trt, calib_inputs, input_name, bopt,
-                                     engine_path.with_suffix(".calib.cache"), device=calib_device,
-                                     max_batches=int(calib.get("max_batches", 32)))
-        config.int8_calibrator = calibrator
-        config.set_calibration_profile(profile)
-
-    cache_path = Path(timing_cache) if timing_cache else engine_path.parent / TIMING_CACHE_FILE
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, False)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        tail = "\n".join(lines[-10:])
-        raise ExportError(f"TensorRT failed to build {engine_path.name}; last builder messages:\n{tail}")
-    engine_path.write_bytes(bytes(serialized))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {"file": engine_path.name, "onnx": onnx_path.name, "precision": precision, "flags": flags,
-            "cleared_flags": list(prof.get("clear_flags", [])), "pinned_fp32_layers": pinned,
-            "profile": {k: list(v) for k, v in shapes.items()}, "input": input_name,
-            "calibration_batches": getattr(calibrator, "fed", None), "workspace_gb": workspace_gb,
-            "build_seconds": round(time.perf_counter() - t0, 2), "timing_cache": cache_path.name}
+def _run_all(runner, x: torch.Tensor, batch: int) -> np.ndarray:
+    return np.concatenate([runner(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
 def build_engines(out_dir: str | Path, model: SlimCLIP, precision: str = "fp16",
-                  batch_sizes: tuple[int, int, int] = (1, 8, 64), calib=None, sparse: bool = False,
-                  workspace_gb: float = 4.0, timing_cache: str | Path | None = None,
-                  calib_device: str | None = None) -> dict[str, Any]:
-    """Engines for both encoders of the bundle in ``out_dir``; ``calib`` = (images, tokens, ...) for int8."""
+                  batch_sizes: tuple[int, int, int] = (1, 8, 64), calib: EvalInputs | None = None,
+                  sparse: bool = False, workspace_gb: float = 4.0, timing_cache: str | Path | None = None,
+                  typing: str = "strong", max_recall_drop: float | None = 1.0,
+                  thresholds: dict[str, float] | None = None, device: str | None = None,
+                  say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build, gate and write ``{image,text}_encoder.{precision}.engine`` in ``out_dir`` (which holds the fp32
+    graphs). ``calib``: the evaluation inputs (int8 calibration, real parity inputs, and the recall gate when
+    labelled; ``max_recall_drop=None`` skips the recall gate). ``sparse`` sets ``BuilderFlag.SPARSE_WEIGHTS``
+    (for models made 2:4 sparse). Raises :class:`ExportError` naming the failed case when an engine misses its
+    gate; nothing is written then."""
+    from ..atomic import atomic_write_bytes, atomic_write_text
+    from .trt_engine import load_runner
+
     trt = require_tensorrt()
+    if typing not in TYPINGS:
+        raise ExportConfigError(f"unknown TensorRT typing {typing!r}: use one of {', '.join(TYPINGS)}")
+    if precision == "int8" and (calib is None or calib.images is None):
+        raise ExportConfigError("TensorRT int8 calibrates on real inputs: give --eval-data SPEC")
+    say = say or (lambda m: None)
     out_dir = Path(out_dir)
-    v, t = model.config.vision, model.config.text
-    lines: list[str] = [f"TensorRT {trt.__version__}, precision {precision}, batch min/opt/max {batch_sizes}, "
-                        f"sparse={sparse}"]
-    engines = {}
-    for tower, onnx_file, name, shape, data in (
-        ("image", IMAGE_FILE, "image", (3, v.image_size, v.image_size), None if calib is None else calib[0].float()),
-        ("text", TEXT_FILE, "tokens", (t.context_length,), None if calib is None else calib[1].to(torch.int32)),
-    ):
-        lines.append(f"--- {tower} encoder: {onnx_file}")
-        engines[tower] = build_engine(out_dir / onnx_file, out_dir / f"{Path(onnx_file).stem}.{precision}.engine",
-                                      name, shape, batch_sizes, precision=precision, calib_inputs=data, sparse=sparse,
-                                      workspace_gb=workspace_gb, timing_cache=timing_cache, log_lines=lines,
-                                      calib_device=calib_device or CALIB_DEVICE)
-        info = engines[tower]
-        lines.append(f"flags {info['flags']} cleared {info['cleared_flags']}; {len(info['pinned_fp32_layers'])} "
-                     f"layers pinned to fp32; built in {info['build_seconds']} s")
-    (out_dir / BUILD_LOG_FILE).write_text("\n".join(lines) + "\n")
-    return {"version": str(trt.__version__), "precision": precision, "engines": engines, "log": BUILD_LOG_FILE,
-            "sparse": sparse}
+    model = model.float().eval()
+    device = device or GATE_DEVICE
+    bmin, bopt, bmax = (int(b) for b in batch_sizes)
+    features = detect(trt)
+    lines: list[str] = [f"TensorRT {features.version} ({'strongly typed' if typing == 'strong' else 'weak typing'}), "
+                        f"precision {precision}, batch 1/{bopt}/{bmax}, sparse_weights={sparse}"]
+    if bmin != 1:
+        lines.append(f"profile min batch raised from {bmin} to 1 (smaller last chunks and Triton batches must fit)")
+    cache = Path(timing_cache) if timing_cache else out_dir / TIMING_CACHE_FILE
+    engines: dict[str, Any] = {}
+    embeddings: dict[str, np.ndarray] = {}
+    ev = calib
+    labelled = ev is not None and ev.labelled and max_recall_drop is not None and precision != "fp32"
+    for tower in TOWERS:
+        onnx_file, name, shape = onnx_name(tower), INPUT_NAMES[tower], input_shape(model, tower)
+        data = real = None
+        if ev is not None and ev.images is not None:
+            data = ev.images.float() if tower == "vision" else ev.tokens.to(torch.int32)
+            real = ev.parity_images() if tower == "vision" else ev.parity_tokens()
+        say(f"TensorRT {tower} encoder: {precision} graph")
+        weak = typing == "weak"
+        src, conversion = _graph_for(out_dir, onnx_file, "fp32" if weak else precision, data)
+        opts = BuildOptions(graph_precision="fp32" if weak else precision, batch_sizes=(1, bopt, bmax),
+                            workspace_gb=workspace_gb, typing=typing, sparse_weights=sparse,
+                            timing_cache=cache, extra={"weak_precision": precision} if weak else {})
+        if weak:
+            prof = load_profiles().get(precision, {})
+            opts.extra["pin_fp32"] = prof.get("pin_fp32", [])
+            if precision == "int8":
+                from .tensorrt_weak import make_calibrator
+
+                opts.calibrator = make_calibrator(trt, data, name, bopt, out_dir / f"{Path(onnx_file).stem}.int8.calib.cache",
+                                                  device=device,
+                                                  max_batches=int(prof.get("calibration", {}).get("max_batches", 32)))
+        sink = LogSink()
+        lines.append(f"--- {tower} encoder: {src.name}")
+        say(f"TensorRT {tower} encoder: building")
+        try:
+            plan, info = build_serialized(trt, src, name, shape, opts, sink)
+        finally:
+            lines += sink.lines
+        say(f"TensorRT {tower} encoder: numeric gate at batch 1/{bopt}/{bmax}")
+        runner = load_runner(trt, plan, name, device=device)
+        cases = _cases(model, tower, real, max(bmax, 4))
+        gate = eg.gate_encoder(runner, _reference(model, tower), cases, (1, bopt, bmax), precision, thresholds)
+        info["gate"] = gate
+        info["graph_conversion"] = conversion
+        lines.append(f"gate: min cos {gate['min_cosine']:.6f}, max|diff| {gate['max_abs']:.3g} -> "
+                     f"{'passed' if gate['passed'] else 'REFUSED'}")
+        if not gate["passed"]:
+            atomic_write_text(out_dir / BUILD_LOG_FILE, "\n".join(lines) + "\n")
+            raise ExportError(f"TensorRT {precision} {tower} engine refused by the numeric gate vs torch: "
+                              f"{eg.gate_summary(gate)}; nothing was written")
+        if labelled:
+            x = ev.images.float() if tower == "vision" else ev.tokens.to(torch.int32)
+            embeddings[tower] = _run_all(runner, x, bmax)
+        file = engine_name(tower, precision)
+        info.update(file=file, source_graph=src.name)
+        engines[tower] = (file, plan, info)
+    recall = None
+    if labelled:
+        say("TensorRT recall gate")
+        ref = eg.torch_recall(model, ev)
+        recall = eg.recall_gate(embeddings["vision"], embeddings["text"], ev.txt2img, ref, max_recall_drop)
+        lines.append(f"recall mean {recall['recall']['recall_mean']:.2f} vs torch fp32 {ref['recall_mean']:.2f} "
+                     f"({'passed' if recall['passed'] else 'REFUSED'})")
+        if not recall["passed"]:
+            atomic_write_text(out_dir / BUILD_LOG_FILE, "\n".join(lines) + "\n")
+            raise ExportError(f"TensorRT {precision} engines refused: Recall Mean {recall['recall']['recall_mean']:.2f}"
+                              f" is {-recall['recall_delta']:.2f} points below torch fp32 (allowed {max_recall_drop:g})")
+    out: dict[str, Any] = {}
+    for tower, (file, plan, info) in engines.items():
+        atomic_write_bytes(out_dir / file, plan)
+        out[tower] = info
+    atomic_write_text(out_dir / BUILD_LOG_FILE, "\n".join(lines) + "\n")
+    return {"version": features.version, "features": features.to_dict(), "precision": precision, "typing": typing,
+            "engines": out, "log": BUILD_LOG_FILE, "sparse_weights": sparse, "recall_gate": recall,
+            "batch_sizes": {"min": 1, "opt": bopt, "max": bmax, "requested_min": bmin}}
+
+
+__all__ = ["build_engines", "require_tensorrt", "load_profiles", "TensorRTUnavailableError", "TYPINGS"]

@@ -20,16 +20,6 @@ def _has_external_data(path: Path) -> bool:
     return any(path.parent.glob(path.name + ".data"))
 
 
-def _save(model, dst: Path, external: bool) -> None:
-    import onnx
-
-    if external:
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(dst))
-
-
 def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "clip") -> dict[str, int]:
     """ONNX Runtime's transformer optimizer (its fusions: SkipLayerNorm, BiasGelu, Attention where the
     pattern matches); returns the fused-operator counts. ``opt_level=0`` keeps the graph free of
@@ -78,20 +68,13 @@ def _quantize(src: Path, dst: Path, ops: list[str]) -> None:
 def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, Any]:
     """fp16 weights and activations for GPU execution providers, float32 I/O kept (``keep_io_types``).
 
-    LayerNormalization and the final normalisation run in fp32 (blocked ops get casts around them): fp16
-    LayerNorm overflows on large activations, the pitfall TensorRT users hit too.
+    LayerNorm, Softmax, reductions and the EOT ArgMax run in fp32 (casts around them): fp16 LayerNorm overflows on
+    large activations. The same converter as the TensorRT engines' fp16 graphs
+    (:func:`.graph_precision.convert_fp16_graph`, which also checks the result and sorts the nodes).
     """
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from .graph_precision import convert_fp16_graph
 
-    src, dst = Path(src), Path(dst)
-    model = onnx.load(str(src))
-    blocked = ["LayerNormalization", "SkipLayerNormalization", "ReduceL2", "ReduceSumSquare", "ReduceMean", "Pow",
-               "Sqrt", "ArgMax"]
-    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
-    _save(model, dst, _has_external_data(src))
-    return {"method": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
-            "fp32_ops": blocked}
+    return convert_fp16_graph(src, dst)
 
 
 def _normalize(x: np.ndarray) -> torch.Tensor:
@@ -131,7 +114,7 @@ def embedding_agreement(ref_files: tuple[Path, Path], files: tuple[Path, Path], 
                         tokens: torch.Tensor) -> dict[str, dict[str, float]]:
     """Max abs difference and min cosine similarity of a variant's embeddings vs the fp32 graphs."""
     out = {}
-    for tower, x, ref, new in (("image", images.float(), ref_files[0], files[0]),
+    for tower, x, ref, new in (("vision", images.float(), ref_files[0], files[0]),
                                ("text", tokens.to(torch.int32), ref_files[1], files[1])):
         a = run_session(ort_session(ref), x, 16)
         b = run_session(ort_session(new), x, 16)

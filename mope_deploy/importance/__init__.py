@@ -12,8 +12,9 @@ from torch import Tensor
 from ..models.slim_clip import SlimCLIP
 from .baselines import gradient_table, magnitude_table
 from .gradient import gradient_importance, permute_ffn_, rewire_ffn
-from .mope import Probe, count_block_forwards, mope_table
-from .table import METHODS, METRICS, TOWERS, ScoreTable, ScoreTableError, TowerScores, group_bounds, model_hash
+from .mope import ImportanceError, Probe, count_block_forwards, mope_table
+from ..vocab import METHODS, METRICS, TOWERS
+from .table import ScoreTable, ScoreTableError, TowerScores, group_bounds, model_hash
 
 
 def score(model: SlimCLIP, images: Tensor | None = None, tokens: Tensor | None = None,
@@ -24,9 +25,9 @@ def score(model: SlimCLIP, images: Tensor | None = None, tokens: Tensor | None =
     if method == "magnitude":
         return magnitude_table(model, towers, n_groups)
     if method not in METHODS:
-        raise ValueError(f"unknown importance method {method!r}; use one of {', '.join(METHODS)}")
+        raise ImportanceError(f"unknown importance method {method!r}; use one of {', '.join(METHODS)}")
     if images is None or tokens is None or txt2img is None:
-        raise ValueError(f"method {method!r} needs validation data (images, tokens, txt2img); "
+        raise ImportanceError(f"method {method!r} needs validation data (images, tokens, txt2img); "
                          "only 'magnitude' works from the weights alone")
     if method == "gradient":
         allowed = {k: v for k, v in kwargs.items() if k in ("batch_size", "dataset")}
@@ -36,4 +37,4 @@ def score(model: SlimCLIP, images: Tensor | None = None, tokens: Tensor | None =
 
 __all__ = ["score", "mope_table", "magnitude_table", "gradient_table", "gradient_importance", "rewire_ffn",
            "permute_ffn_", "Probe", "count_block_forwards", "ScoreTable", "ScoreTableError", "TowerScores",
-           "group_bounds", "model_hash", "METHODS", "METRICS", "TOWERS"]
+           "group_bounds", "model_hash", "ImportanceError", "METHODS", "METRICS", "TOWERS"]

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from ..models.slim_clip import SlimCLIP
 from .gradient import gradient_importance, importance_order
-from .table import TOWERS, ScoreTable, TowerScores, group_bounds, model_hash
+from ..vocab import TOWERS
+from .table import ScoreTable, TowerScores, group_bounds, model_hash
 
 
 def _grouped(neuron_scores: list[float], n_groups: int) -> tuple[list[int], list[float]]:

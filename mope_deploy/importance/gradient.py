@@ -19,15 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.objectives import info_nce
 from ..models.slim_clip import Masks, SlimCLIP
-from .table import TOWERS
-
-
-def contrastive_loss(img: Tensor, txt: Tensor, logit_scale: Tensor) -> Tensor:
-    """Symmetric InfoNCE on matching rows of L2-normalised image and text embeddings."""
-    logits = logit_scale * img @ txt.T
-    labels = torch.arange(img.shape[0], device=img.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+from ..vocab import TOWERS
 
 
 def training_pairs(txt2img: Tensor) -> tuple[Tensor, Tensor]:
@@ -77,7 +71,7 @@ def gradient_importance(model: SlimCLIP, images: Tensor, tokens: Tensor, txt2img
                 masks = {n: Masks(head=probes[n][0], gate=probes[n][1]) for n in towers}
                 img = F.normalize(model.visual(im, masks=masks.get("vision")), dim=-1)
                 txt = F.normalize(model.text(tk, masks=masks.get("text")), dim=-1)
-                contrastive_loss(img, txt, model.logit_scale.exp().detach()).backward()
+                info_nce(img, txt, model.logit_scale.exp().detach()).backward()
         out: dict[str, dict[str, list]] = {}
         for name in towers:
             tower = model.tower(name)

@@ -29,7 +29,14 @@ from ..eval.retrieval import retrieval_metrics
 from ..models.slim_clip import Masks, SlimCLIP
 from .. import distributed as D
 from .gradient import gradient_importance, importance_order
-from .table import METRICS, TOWERS, ScoreTable, TowerScores, group_bounds, model_hash
+from ..errors import MopeError
+from ..vocab import METRICS, TOWERS
+from .table import ScoreTable, TowerScores, group_bounds, model_hash
+
+
+class ImportanceError(MopeError, ValueError):
+    """Scoring settings that cannot work (unknown method or metric, missing data, bad counts)."""
+
 
 Progress = Callable[[int, int], None]
 
@@ -316,10 +323,10 @@ def _check_args(model, towers, metric, n_groups, batch_size, probe_batch) -> tup
     towers = tuple(towers)
     bad = [t for t in towers if t not in TOWERS]
     if bad or not towers:
-        raise ValueError(f"towers must be a non-empty subset of {TOWERS}, got {list(towers)}")
+        raise ImportanceError(f"towers must be a non-empty subset of {TOWERS}, got {list(towers)}")
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        raise ImportanceError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
     for name, v in (("n_groups", n_groups), ("batch_size", batch_size), ("probe_batch", probe_batch)):
         if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            raise ImportanceError(f"{name} must be a positive integer, got {v!r}")
     return towers

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,28 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write_text
+from ..errors import MopeError
 from ..models.config import CLIPConfig
+from ..vocab import METHODS, TOWERS
 
-TOWERS = ("vision", "text")
-METHODS = ("mope", "magnitude", "gradient")
-METRICS = ("recall_mean", "tr_mean", "ir_mean")
 FORMAT_VERSION = 1
 
 
-class ScoreTableError(ValueError):
+class ScoreTableError(MopeError, ValueError):
     """A score table that is malformed or does not belong to the model it is used with."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_numbers(values: Any, where: str) -> None:
+    """Scores are finite numbers: a NaN or a string would silently reorder what gets pruned."""
+    if not isinstance(values, list):
+        raise ScoreTableError(f"{where} must be a list of scores, got {type(values).__name__}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ScoreTableError(f"{where}[{i}]: score {v!r} is not a finite number")
 
 
 def group_bounds(n_neurons: int, n_groups: int) -> list[int]:
@@ -101,6 +114,25 @@ class ScoreTable:
             raise ScoreTableError(f"score table ({self.method}) was computed for a model with arch hash "
                                   f"{self.arch_hash}, but this model's is {config.arch_hash()}; "
                                   "score this model first (mope importance MODEL ...)")
+        for name, t in self.towers.items():
+            self._check_shape(name, t, config.tower(name))
+
+    def _check_shape(self, name: str, t: TowerScores, cfg) -> None:
+        """Every list must have the model's own sizes: the hash alone does not prove an untampered table."""
+        redo = "; the table does not match the model: re-run mope importance"
+        if len(t.layer) != cfg.depth:
+            raise ScoreTableError(f"{name}: the score table covers {len(t.layer)} blocks but the model has "
+                                  f"{cfg.depth}{redo}")
+        for b, bc in enumerate(cfg.blocks):
+            if len(t.head[b]) != bc.heads:
+                raise ScoreTableError(f"{name} block {b}: {len(t.head[b])} head scores for {bc.heads} heads{redo}")
+            if len(t.neuron_order[b]) != bc.mlp:
+                raise ScoreTableError(f"{name} block {b}: neuron_order lists {len(t.neuron_order[b])} neurons but "
+                                      f"the block has {bc.mlp}{redo}")
+            groups = len(group_bounds(bc.mlp, self.n_groups)) - 1
+            if len(t.neuron[b]) != groups:
+                raise ScoreTableError(f"{name} block {b}: {len(t.neuron[b])} neuron-group scores but {bc.mlp} "
+                                      f"neurons in {self.n_groups} groups make {groups}{redo}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,9 +144,13 @@ class ScoreTable:
             if d.get("version") != FORMAT_VERSION:
                 raise ScoreTableError(f"score table format version {d.get('version')!r} is not supported "
                                       f"(expected {FORMAT_VERSION}); re-run mope importance")
-            towers = {k: TowerScores(**v) for k, v in d.pop("towers").items()}
+            raw = d.pop("towers")
+            if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+                raise ScoreTableError("not a score table (written by mope importance): 'towers' must map "
+                                      "vision/text to their tables")
+            towers = {k: TowerScores(**v) for k, v in raw.items()}
             table = cls(towers=towers, **d)
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise ScoreTableError(f"not a score table (written by mope importance): {e}") from None
         table.validate()
         return table
@@ -122,9 +158,26 @@ class ScoreTable:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ScoreTableError(f"unknown scoring method {self.method!r}; expected one of {METHODS}")
+        if not isinstance(self.model_hash, str) or ":" not in self.model_hash:
+            raise ScoreTableError(f"model_hash must be 'ARCH:WEIGHTS' hashes, got {self.model_hash!r}")
+        if not _is_int(self.n_groups) or self.n_groups < 1:
+            raise ScoreTableError(f"n_groups must be a positive integer, got {self.n_groups!r}")
         for name, t in self.towers.items():
             if name not in TOWERS:
                 raise ScoreTableError(f"unknown tower {name!r} in score table; expected vision or text")
+            _check_numbers(t.layer, f"{name}.layer")
+            for key in ("head", "neuron", "neuron_order"):
+                rows = getattr(t, key)
+                if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+                    raise ScoreTableError(f"{name}.{key} must be a list with one list per block")
+                for b, row in enumerate(rows):
+                    if key == "neuron_order":
+                        bad = next((i for i, v in enumerate(row) if not _is_int(v)), None)
+                        if bad is not None:
+                            raise ScoreTableError(f"{name}.neuron_order[{b}][{bad}]: {row[bad]!r} is not an integer "
+                                                  "neuron index")
+                    else:
+                        _check_numbers(row, f"{name}.{key}[{b}]")
             n = len(t.layer)
             if not (len(t.head) == len(t.neuron) == len(t.neuron_order) == n):
                 raise ScoreTableError(f"{name}: head/neuron/layer/neuron_order tables cover different numbers "
@@ -144,7 +197,12 @@ class ScoreTable:
             raise FileNotFoundError(f"score table {path} not found; create it with `mope importance MODEL "
                                     "--data SPEC --out scores.json`")
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ScoreTableError(f"{path} is not valid JSON ({e}); re-run mope importance") from None
-        return cls.from_dict(d)
+        if not isinstance(d, dict):
+            raise ScoreTableError(f"{path} is not a score table (written by mope importance)")
+        try:
+            return cls.from_dict(d)
+        except ScoreTableError as e:
+            raise ScoreTableError(f"{path}: {e}") from None

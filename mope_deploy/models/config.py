@@ -12,10 +12,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import MopeError
+from ..vocab import TOWERS
+
 Act = Literal["gelu", "quick_gelu"]
 
 
-class ConfigError(ValueError):
+class ConfigError(MopeError, ValueError):
     """A config that cannot describe a valid model (names the field and what is allowed)."""
 
 
@@ -33,9 +36,7 @@ class BlockConfig:
 
     def validate(self, where: str) -> None:
         for name in ("heads", "mlp", "source"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ConfigError(f"{where}.{name} must be a non-negative integer, got {v!r}")
+            _check_int(f"{where}.{name}", getattr(self, name), 0, LIMITS[name])
 
 
 @dataclass
@@ -53,15 +54,23 @@ class TowerConfig:
         return len(self.blocks)
 
     def validate(self, where: str) -> None:
-        if self.width <= 0 or self.head_dim <= 0:
-            raise ConfigError(f"{where}: width and head_dim must be positive, got {self.width}, {self.head_dim}")
+        _check_int(f"{where}.width", self.width, 1, LIMITS["width"])
+        _check_int(f"{where}.head_dim", self.head_dim, 1, LIMITS["head_dim"])
+        if not isinstance(self.blocks, list) or len(self.blocks) > LIMITS["depth"]:
+            raise ConfigError(f"{where}.blocks must be a list of at most {LIMITS['depth']} blocks, "
+                              f"got {_short(self.blocks)}")
+        if not all(isinstance(b, BlockConfig) for b in self.blocks):
+            raise ConfigError(f"{where}.blocks: every block is a mapping with heads, mlp and source")
+        ok = isinstance(self.ln_eps, (int, float)) and not isinstance(self.ln_eps, bool)
+        if not ok or not 0 < self.ln_eps < 1:
+            raise ConfigError(f"{where}.ln_eps must be a small positive number (e.g. 1e-5), got {_short(self.ln_eps)}")
         if self.act not in ("gelu", "quick_gelu"):
             raise ConfigError(f"{where}.act must be 'gelu' or 'quick_gelu', got {self.act!r}")
+        for i, b in enumerate(self.blocks):
+            b.validate(f"{where}.blocks[{i}]")
         sources = [b.source for b in self.blocks]
         if sources != sorted(set(sources)):
             raise ConfigError(f"{where}.blocks: sources must be strictly increasing, got {sources}")
-        for i, b in enumerate(self.blocks):
-            b.validate(f"{where}.blocks[{i}]")
 
 
 @dataclass
@@ -78,6 +87,9 @@ class VisionConfig(TowerConfig):
 
     def validate(self, where: str = "vision") -> None:
         super().validate(where)
+        _check_int(f"{where}.image_size", self.image_size, 1, LIMITS["image_size"])
+        _check_int(f"{where}.patch_size", self.patch_size, 1, self.image_size)
+        _check_bool(where, self, ("final_ln_after_pool", "ln_pre"))
         if self.image_size % self.patch_size:
             raise ConfigError(f"{where}: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.pool not in ("tok", "avg"):
@@ -99,6 +111,10 @@ class TextConfig(TowerConfig):
 
     def validate(self, where: str = "text") -> None:
         super().validate(where)
+        _check_int(f"{where}.context_length", self.context_length, 1, LIMITS["context_length"])
+        _check_int(f"{where}.vocab_size", self.vocab_size, 1, LIMITS["vocab_size"])
+        _check_int(f"{where}.eos_id", self.eos_id, 0, self.vocab_size - 1)
+        _check_bool(where, self, ("causal", "proj_bias"))
         if self.pool not in ("argmax", "eos", "first", "last"):
             raise ConfigError(f"{where}.pool must be one of argmax, eos, first, last; got {self.pool!r}")
 
@@ -119,15 +135,24 @@ class CLIPConfig:
     preprocess: dict[str, Any] = field(default_factory=dict)
     tokenizer: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Weight sparsity (pattern, method, per-block ratios) written by mope_deploy.sparsity; {} for dense models.
+    # Not architecture: the zeros live in the weights, so it stays out of arch_hash.
+    sparsity: dict[str, Any] = field(default_factory=dict)
 
     def tower(self, name: str) -> TowerConfig:
-        if name not in ("vision", "text"):
+        if name not in TOWERS:
             raise ConfigError(f"unknown tower {name!r}: use 'vision' or 'text'")
         return getattr(self, name)
 
     def validate(self) -> "CLIPConfig":
-        if self.embed_dim <= 0:
-            raise ConfigError(f"embed_dim must be positive, got {self.embed_dim}")
+        _check_int("embed_dim", self.embed_dim, 1, LIMITS["width"])
+        _check_bool("config", self, ("logit_bias",))
+        for name in ("preprocess", "tokenizer", "provenance", "sparsity"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a mapping, got {_short(getattr(self, name))}")
+        for name, cls in (("vision", VisionConfig), ("text", TextConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"{name} must be a mapping of the {name} tower's fields")
         self.vision.validate("vision")
         self.text.validate("text")
         return self
@@ -137,11 +162,13 @@ class CLIPConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config is a mapping of fields (embed_dim, vision, text, ...), got {_short(d)}")
         try:
             d = dict(d)
             vision = _tower_from_dict(VisionConfig, d.pop("vision"), "vision")
             text = _tower_from_dict(TextConfig, d.pop("text"), "text")
-            _check_keys(cls, d, "config", skip={"vision", "text"})
+            _check_keys(cls, d, "config", skip=set(TOWERS))
             return cls(vision=vision, text=text, **d).validate()
         except KeyError as e:
             raise ConfigError(f"config is missing the field {e.args[0]!r}") from None
@@ -150,6 +177,7 @@ class CLIPConfig:
         """The architecture alone (no provenance): what decides the shapes of the weights."""
         d = self.to_dict()
         d.pop("provenance")
+        d.pop("sparsity", None)
         return d
 
     def arch_hash(self) -> str:
@@ -164,10 +192,54 @@ def _check_keys(cls, d: dict, where: str, skip: set[str] = frozenset()) -> None:
 
 
 def _tower_from_dict(cls, d: dict[str, Any], where: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping of the tower's fields, got {_short(d)}")
     d = dict(d)
-    blocks = [BlockConfig(**b) if isinstance(b, dict) else b for b in d.pop("blocks")]
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in d]
+    if missing:
+        raise ConfigError(f"{where} is missing the field {missing[0]!r}")
+    raw = d.pop("blocks")
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}.blocks must be a list of blocks, got {_short(raw)}")
+    blocks = []
+    for i, b in enumerate(raw):
+        if not isinstance(b, dict):
+            raise ConfigError(f"{where}.blocks[{i}] must be a mapping with heads, mlp and source, got {_short(b)}")
+        _check_keys(BlockConfig, b, f"{where}.blocks[{i}]")
+        missing = [f.name for f in dataclasses.fields(BlockConfig) if f.name not in b]
+        if missing:
+            raise ConfigError(f"{where}.blocks[{i}] is missing the field {missing[0]!r}")
+        blocks.append(BlockConfig(**b))
     _check_keys(cls, d, where, skip={"blocks"})
     return cls(blocks=blocks, **d)
+
+
+# Upper bounds of sane sizes (the largest open_clip models are well inside them): a typo such as a width
+# of 1e9 is a clear error naming the field, not a multi-gigabyte allocation.
+LIMITS = {"width": 65536, "head_dim": 4096, "heads": 4096, "mlp": 1 << 20, "source": 4096, "depth": 4096,
+          "image_size": 16384, "context_length": 65536, "vocab_size": 10_000_000}
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _check_int(where: str, v: Any, lo: int, hi: int) -> None:
+    """``v`` must be an int (not a bool or a float such as 64.0) in ``lo..hi``; the message names the field."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ConfigError(f"{where} must be an integer, got {_short(v)} ({type(v).__name__})")
+    if not lo <= v <= hi:
+        raise ConfigError(f"{where} must be between {lo} and {hi}, got {v}")
+
+
+def _check_bool(where: str, obj: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where}.{name} must be true or false, got {_short(v)}")
 
 
 def uniform_blocks(depth: int, heads: int, mlp: int) -> list[BlockConfig]:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import MopeError
 from .config import CLIPConfig, TextConfig, VisionConfig, uniform_blocks
 from .slim_clip import SlimCLIP
 
@@ -18,7 +19,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(MopeError, ValueError):
     """The open_clip model uses an option SlimCLIP does not implement."""
 
 

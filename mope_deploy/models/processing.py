@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import CLIPConfig
+from .config import CLIPConfig, ConfigError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -47,4 +47,4 @@ def build_tokenizer(config: CLIPConfig) -> Callable:
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer BPE file {path} not found (config.tokenizer.bpe_file)")
         return SimpleTokenizer(bpe_path=str(path), context_length=ctx)
-    raise ValueError(f"unknown tokenizer type {kind!r} in config.tokenizer; use 'open_clip' or 'bpe'")
+    raise ConfigError(f"unknown tokenizer type {kind!r} in config.tokenizer; use 'open_clip' or 'bpe'")

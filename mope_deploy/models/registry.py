@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import MopeError
 from .config import CLIPConfig
 from .io import CONFIG_FILE, load_model, read_config
 from .processing import ASSETS
@@ -19,7 +20,7 @@ from .slim_clip import SlimCLIP
 DEMO_DIR = ASSETS / "demo"
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(MopeError, ValueError):
     """MODEL names nothing we can load."""
 
 
@@ -58,7 +59,7 @@ def resolve(spec: str | Path) -> Path | None:
     if str(spec) == "demo":
         if not (DEMO_DIR / CONFIG_FILE).is_file():
             raise ModelNotFoundError(f"the demo teacher is not installed ({DEMO_DIR} has no {CONFIG_FILE}); "
-                                     "rebuild it with `python -m mope_deploy.data.train_demo`")
+                                     "rebuild it with `python benchmarks/train_demo.py`")
         return DEMO_DIR
     p = Path(spec)
     if p.is_dir():

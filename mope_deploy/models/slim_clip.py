@@ -303,11 +303,13 @@ class SlimCLIP(nn.Module):
         tp = t.text_projection
         nn.init.normal_(tp.weight if isinstance(tp, nn.Linear) else tp, std=t.cfg.width ** -0.5)
 
-    # Model files: implemented in io.py, exposed here for the obvious call sites.
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory`` atomically."""
+    # Model files: implemented in io.py (which builds SlimCLIPs); a deferred import, so this module does not
+    # depend on io at import time (tests/test_architecture.py allows deferred imports inside one package).
+    def save(self, directory: str | Path, force: bool = False) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to ``directory`` atomically (:func:`.io.save_model`: absent,
+        empty or a model directory written before; ``force`` replaces anything else)."""
         from .io import save_model
-        return save_model(self, directory)
+        return save_model(self, directory, force=force)
 
     @property
     def preprocess(self):

@@ -7,7 +7,7 @@
 
 from .apply import apply_plan, plan_masks
 from .plan import (ALLOCATIONS, DEPTH_METHODS, PlanError, PruningPlan, Target, TowerPlan, full_plan, make_plan,
-                   select_blocks)
+                   plan_for, select_blocks)
 
 __all__ = ["apply_plan", "plan_masks", "ALLOCATIONS", "DEPTH_METHODS", "PlanError", "PruningPlan", "Target",
-           "TowerPlan", "full_plan", "make_plan", "select_blocks"]
+           "TowerPlan", "full_plan", "make_plan", "plan_for", "select_blocks"]

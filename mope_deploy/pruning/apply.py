@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..models.slim_clip import Masks, SlimCLIP
-from ..importance.table import TOWERS
+from ..vocab import TOWERS
 from .plan import PruningPlan
 
 

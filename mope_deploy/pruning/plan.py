@@ -3,7 +3,7 @@
 A plan records kept indices (never removed ones) in the teacher's own numbering, plus the teacher's arch hash,
 so it re-applies to any copy of that teacher (e.g. the same architecture fine-tuned) and is easy to audit.
 
-Targets (paper Sec. 3.2 and ALGORITHMS.md section 2):
+Targets (paper Sec. 3.2; section 2 of the design digest ALGORITHMS.md, kept outside the repository in ../shared/):
 - ``width=W``: every kept block keeps ``W / head_dim`` heads and ``mlp_ratio * W`` FFN neurons (the paper's
   "width"; ``mlp_ratio`` is the teacher's, 4 for CLIP); ``allocation="per-block"`` takes the top-k in every
   block (the paper), ``"global"`` the same totals by top-k over all kept blocks (blocks then differ);
@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from ..importance.table import TOWERS, ScoreTable
+from ..errors import MopeError
+from ..importance.table import ScoreTable
 from ..models.config import BlockConfig, CLIPConfig
 from ..models.counting import model_stats
+from ..vocab import ALLOCATIONS, DEPTH_METHODS, METHODS, SCORED_DEPTH_METHODS, TOWERS
 
-DEPTH_METHODS = ("mope", "every-other", "top", "bottom", "gradient", "magnitude")
-ALLOCATIONS = ("per-block", "global")
 PLAN_VERSION = 1
 
 
-class PlanError(ValueError):
+class PlanError(MopeError, ValueError):
     """A target that cannot be met, or a plan that does not fit the model it is applied to."""
 
 
@@ -83,9 +83,28 @@ class PruningPlan:
             d = dict(d)
             if d.get("version") != PLAN_VERSION:
                 raise PlanError(f"plan format version {d.get('version')!r} is not supported (expected {PLAN_VERSION})")
-            return cls(vision=TowerPlan(**d.pop("vision")), text=TowerPlan(**d.pop("text")), **d)
+            towers = {}
+            for name in TOWERS:
+                t = d.pop(name)
+                if not isinstance(t, dict):
+                    raise PlanError(f"{name} must be a mapping with blocks, heads and neurons")
+                tp = TowerPlan(**t)
+                _check_int_list(tp.blocks, f"{name}.blocks")
+                for key in ("heads", "neurons"):
+                    rows = getattr(tp, key)
+                    if not isinstance(rows, list):
+                        raise PlanError(f"{name}.{key} must be a list with one index list per kept block")
+                    for i, row in enumerate(rows):
+                        _check_int_list(row, f"{name}.{key}[{i}]")
+                towers[name] = tp
+            plan = cls(**towers, **d)
         except (KeyError, TypeError) as e:
             raise PlanError(f"not a pruning plan (written by mope prune): {e}") from None
+        if not isinstance(plan.teacher_arch_hash, str):
+            raise PlanError(f"teacher_arch_hash must be a string, got {plan.teacher_arch_hash!r}")
+        if not isinstance(plan.info, dict):
+            raise PlanError(f"info must be a mapping, got {type(plan.info).__name__}")
+        return plan
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_text(path, self.to_json())
@@ -96,9 +115,15 @@ class PruningPlan:
         if not path.is_file():
             raise FileNotFoundError(f"plan {path} not found (mope prune writes DIR/plan.json)")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PlanError(f"{path} is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise PlanError(f"{path} is not a pruning plan (written by mope prune)")
+        try:
+            return cls.from_dict(d)
+        except PlanError as e:
+            raise PlanError(f"{path}: {e}") from None
 
     def validate(self, config: CLIPConfig) -> None:
         """Refuse a plan made for another teacher, or indices the teacher does not have."""
@@ -132,6 +157,15 @@ class PruningPlan:
         return CLIPConfig.from_dict(d)
 
 
+def _check_int_list(idx, where: str) -> None:
+    """Indices are plain integers: 1.0 or "1" would pass a comparison and fail (or mislead) later."""
+    if not isinstance(idx, list):
+        raise PlanError(f"{where} must be a list of integer indices, got {type(idx).__name__}")
+    for i, v in enumerate(idx):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise PlanError(f"{where}[{i}]: {v!r} is not an integer index")
+
+
 def _check_indices(idx: list[int], n: int, where: str) -> None:
     if idx != sorted(set(idx)) or (idx and (idx[0] < 0 or idx[-1] >= n)):
         raise PlanError(f"{where}: kept indices must be increasing and within 0..{n - 1}, got {idx[:8]}...")
@@ -156,7 +190,8 @@ class Target:
     params: int | None = None
     depth_method: str = "mope"
     allocation: str = "per-block"
-    mlp_ratio: float | None = None
+    mlp_ratio: float | None = None  # None: the teacher's own FFN / attention-width ratio
+    method: str = "mope"  # the score table that ranks heads and neurons for a width or budget
 
     def towers(self) -> tuple[str, ...]:
         if self.tower == "both":
@@ -173,6 +208,8 @@ class Target:
             raise PlanError("give either a width or a parameter budget, not both (the budget decides the width)")
         if self.depth_method not in DEPTH_METHODS:
             raise PlanError(f"unknown depth method {self.depth_method!r}; use one of {', '.join(DEPTH_METHODS)}")
+        if self.method not in METHODS:
+            raise PlanError(f"unknown width method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.allocation not in ALLOCATIONS:
             raise PlanError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
         for name in ("width", "depth", "params"):
@@ -180,6 +217,14 @@ class Target:
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise PlanError(f"{name} must be a positive integer, got {v!r}"
                                 + ("; a plan must keep at least one block" if name == "depth" else ""))
+
+    def required_tables(self) -> tuple[str, ...]:
+        """The score tables (by method) this target needs: the width ranking when a width or a budget is set,
+        the block ranking when a depth is chosen by score (every-other / top / bottom need none)."""
+        need = [self.method] if self.width is not None or self.params is not None else []
+        if self.depth is not None and self.depth_method in SCORED_DEPTH_METHODS and self.depth_method not in need:
+            need.append(self.depth_method)
+        return tuple(need)
 
 
 def _top(scores: list[float], k: int) -> list[int]:
@@ -254,7 +299,7 @@ def _tower_plan(config: CLIPConfig, tower: str, target: Target, width: int | Non
     L = cfg.depth
     if target.depth is not None and target.depth != L:
         scores = None
-        if target.depth_method in ("mope", "gradient", "magnitude"):
+        if target.depth_method in SCORED_DEPTH_METHODS:
             if depth_table is None:
                 raise PlanError(f"depth method {target.depth_method!r} needs its score table (mope importance "
                                 f"--method {target.depth_method}); or use every-other, top or bottom")
@@ -313,7 +358,7 @@ def make_plan(config: CLIPConfig, target: Target, width_table: ScoreTable | None
     if (target.width is not None or target.params is not None) and width_table is None:
         raise PlanError("a width or parameter target needs a score table to rank heads and neurons (mope "
                         "importance), or the magnitude method, which is computed from the weights")
-    if (target.depth is not None and target.depth_method in ("mope", "gradient", "magnitude")
+    if (target.depth is not None and target.depth_method in SCORED_DEPTH_METHODS
             and depth_table is None):
         raise PlanError(f"depth method {target.depth_method!r} needs its score table (mope importance --method "
                         f"{target.depth_method}); or use every-other, top or bottom, which need no data")
@@ -330,6 +375,21 @@ def make_plan(config: CLIPConfig, target: Target, width_table: ScoreTable | None
                  "widths": widths}
     plan.validate(config)
     return plan
+
+
+def plan_for(config: CLIPConfig, target: Target, tables: dict[str, ScoreTable],
+             teacher: str | None = None) -> PruningPlan:
+    """The plan for ``target`` from score tables keyed by method (``mope prune`` and ``mope compress`` both
+    come here): the width ranking is ``tables[target.method]``, the block ranking
+    ``tables[target.depth_method]``; :meth:`Target.required_tables` says which must be present."""
+    target.check()
+    missing = [m for m in target.required_tables() if m not in tables]
+    if missing:
+        raise PlanError(f"this target needs the {', '.join(missing)} score table(s) (mope importance --method "
+                        f"{missing[0]}); or use --depth-method every-other/top/bottom, which need none")
+    wants_width = target.width is not None or target.params is not None
+    return make_plan(config, target, width_table=tables.get(target.method) if wants_width else None,
+                     depth_table=tables.get(target.depth_method), teacher=teacher)
 
 
 def _budget_widths(config: CLIPConfig, target: Target, towers: tuple[str, ...], width_table, depth_table

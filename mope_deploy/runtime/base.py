@@ -11,14 +11,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..device import BackendUnavailableError  # noqa: F401  (re-exported: the runtime's error)
+from ..errors import MopeError
 from ..models.config import CLIPConfig
 
 
-class BackendUnavailableError(RuntimeError):
-    """The requested backend cannot run here (missing library, no GPU) or does not exist."""
-
-
-class EncoderInputError(ValueError):
+class EncoderInputError(MopeError, ValueError):
     """Inputs an encoder cannot take (wrong shape, batch outside an engine's profile, ...)."""
 
 

@@ -1,29 +1,27 @@
 """ONNX Runtime backend: an export bundle (``image_encoder.onnx``, ``text_encoder.onnx``, ``manifest.json``)
 run on the CPU, or on CUDA / TensorRT execution providers when the installed onnxruntime has them.
 
-``variant`` picks the bundle's graphs: ``fp32``, ``optimized`` (ORT transformer fusions; the default when
-present), ``fp16`` or ``int8`` (dynamic quantisation: the bundle's own files, else quantised once into
-``work_dir`` with the exporter's :func:`~mope_deploy.exporting.variants.quantize_int8`).
+``variant`` picks the bundle's graphs: ``fp32``, ``fused`` (one com.microsoft Attention per block; the
+default when present), ``optimized`` (ORT transformer fusions; the default otherwise), ``fp16`` or ``int8`` (dynamic quantisation: the bundle's own files, else quantised once into
+``work_dir`` with the exporter's :func:`~mope_deploy.exporting.quantize.quantize_dynamic_int8`, from the fused
+graphs when present so attention is int8 too).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..models.config import CLIPConfig, ConfigError
+from ..exporting.bundle import Bundle, BundleError, onnx_name
+from ..models.config import CLIPConfig
+from ..vocab import TOWERS, VARIANTS
 from .base import BackendUnavailableError, Encoder, EncoderInputError
+from .ort_settings import SessionSettings
 
-IMAGE_FILE, TEXT_FILE, MANIFEST_FILE = "image_encoder.onnx", "text_encoder.onnx", "manifest.json"
 #: provider preference when none is given (TensorRT EP is opt-in: it builds engines on first use)
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-class BundleError(ValueError):
-    """An export bundle that is missing files or whose files do not fit together."""
 
 
 def _ort():
@@ -34,74 +32,44 @@ def _ort():
     return ort
 
 
-def read_bundle_config(bundle: str | Path) -> CLIPConfig:
-    """The model config stored with an export bundle (``manifest.json``'s ``config``, or ``config.json``)."""
-    bundle = Path(bundle)
-    manifest = bundle / MANIFEST_FILE
-    if not manifest.is_file():
-        raise BundleError(f"{bundle} is not an export bundle: {MANIFEST_FILE} not found "
-                          "(write one with `mope export MODEL --out DIR` / mope_deploy.exporting.onnx.export_onnx)")
-    try:
-        m = json.loads(manifest.read_text())
-        d = m.get("config")
-        if d is None and (bundle / "config.json").is_file():
-            d = json.loads((bundle / "config.json").read_text())
-        if d is None:
-            raise BundleError(f"{manifest} has no 'config' (and no config.json beside it): the bundle does not say "
-                              "how to preprocess images and tokenise text; re-export it")
-        return CLIPConfig.from_dict(d)
-    except (json.JSONDecodeError, ConfigError, TypeError) as e:
-        raise BundleError(f"{manifest}: not a valid manifest ({e}); re-export the bundle") from None
+def export_for_runtime(model: Any, out_dir: str | Path, int8: bool = False) -> Path:
+    """Export a SlimCLIP to an ONNX bundle for ONNX Runtime (unnormalised embeddings: the encoder normalises):
+    fp32 graphs, ORT-optimised ones, and with ``int8`` dynamically quantised ones (no recall gate: there is no
+    evaluation data here; the bundle's parity gate still runs)."""
+    from ..exporting.config import ExportConfig
+    from ..exporting.pipeline import export_bundle
 
-
-def read_manifest(bundle: str | Path) -> dict[str, Any]:
-    path = Path(bundle) / MANIFEST_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: cannot read the manifest ({e})") from None
-
-
-VARIANTS = ("fp32", "optimized", "int8", "fp16")
-
-
-def variant_files(bundle: str | Path, variant: str) -> tuple[Path, Path] | None:
-    """The (image, text) files of ``variant`` in a bundle (as listed in the manifest), or None if absent."""
-    bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    listed = (manifest.get("variants") or {}).get(variant, {}).get("files")
-    if listed is None and isinstance(manifest.get(variant), dict):
-        listed = manifest[variant]
-    if listed is None:
-        listed = ({"image": IMAGE_FILE, "text": TEXT_FILE} if variant == "fp32" else
-                  {"image": f"image_encoder.{variant}.onnx", "text": f"text_encoder.{variant}.onnx"})
-    paths = bundle / listed["image"], bundle / listed["text"]
-    return paths if all(p.is_file() for p in paths) else None
+    export_bundle(model, out_dir, ExportConfig(precision="int8" if int8 else "fp32", optimize=True,
+                                               skip_recall_gate=int8))
+    return Path(out_dir)
 
 
 def int8_files(bundle: Path, work_dir: str | Path) -> tuple[Path, Path]:
     """The bundle's int8 encoders, or int8 copies quantised into ``work_dir`` from its best fp32 graphs
-    (the ORT-optimised ones when present: ORT advises fusing before quantising)."""
-    found = variant_files(bundle, "int8")
+    (the fused-attention ones when present, else the ORT-optimised ones)."""
+    b = Bundle(bundle)
+    found = b.variant_files("int8")
     if found:
-        return found
-    from ..exporting.variants import quantize_int8
+        return found["vision"], found["text"]
+    from ..exporting.quantize import quantize_dynamic_int8
 
-    src = variant_files(bundle, "optimized") or variant_files(bundle, "fp32")
-    assert src is not None  # the encoder checked the fp32 files exist
+    # the fused graphs first: their Attention nodes become QAttention (measured fastest, docs/RESULTS.md)
+    files = b.variant_files("fused") or b.variant_files("optimized") or b.variant_files("fp32")
+    assert files is not None  # the encoder checked the fp32 files exist
+    src = files["vision"], files["text"]
     import shutil
     import tempfile
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     out = []
-    for path, name in zip(src, ("image_encoder.int8.onnx", "text_encoder.int8.onnx")):
+    for path, name in zip(src, (onnx_name(t, "int8") for t in TOWERS)):
         dst = work_dir / name
         if not dst.is_file():
             # quantise under the final name in a scratch dir (external weights refer to it by name), then move
             scratch = Path(tempfile.mkdtemp(prefix=".int8-", dir=work_dir))
             try:
-                quantize_int8(path, scratch / name)
+                quantize_dynamic_int8(path, scratch / name, attention=True)
                 for f in sorted(scratch.iterdir(), key=lambda f: f.name == name):  # graph last
                     f.replace(work_dir / f.name)
             finally:
@@ -114,26 +82,30 @@ class OnnxRuntimeEncoder(Encoder):
     """An export bundle on ONNX Runtime (graph optimisations on, ``threads`` intra-op threads).
 
     Inputs and outputs go through host numpy arrays, so GPU timings include the copies (as a service pays them).
+    :meth:`from_model` exports a SlimCLIP first, into a temporary directory the encoder owns (removed with it).
     """
 
     def __init__(self, bundle: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 variant: str | None = None, work_dir: str | Path | None = None, config: CLIPConfig | None = None):
+                 variant: str | None = None, work_dir: str | Path | None = None, config: CLIPConfig | None = None,
+                 settings: SessionSettings | None = None):
         ort = _ort()
-        bundle = Path(bundle)
-        for f in (IMAGE_FILE, TEXT_FILE):
-            if not (bundle / f).is_file():
-                raise BundleError(f"{bundle / f} not found: an export bundle holds {IMAGE_FILE}, {TEXT_FILE} and "
-                                  f"{MANIFEST_FILE}; re-export the model")
-        super().__init__(config or read_bundle_config(bundle))
+        b = Bundle(bundle)
+        bundle = b.root
+        for t in TOWERS:
+            if not b.onnx(t).is_file():
+                names = ", ".join(onnx_name(x) for x in TOWERS)
+                raise BundleError(f"{b.onnx(t)} not found: an export bundle holds {names} and its manifest; "
+                                  "re-export the model")
+        super().__init__(config or b.config())
         if variant is not None and variant not in VARIANTS:
-            raise ValueError(f"unknown ONNX variant {variant!r}: use one of {', '.join(VARIANTS)}")
-        if variant == "int8" and work_dir is None and variant_files(bundle, "int8") is None:
-            raise ValueError(f"{bundle} has no int8 graphs: pass work_dir= to quantise them there, or export with "
-                             "--precision int8")
-        # default: ORT's fused fp32 graphs when the exporter wrote them (same numbers, fewer kernels)
-        self.variant = variant or ("optimized" if variant_files(bundle, "optimized") else "fp32")
-        self.bundle, self.threads = bundle, threads
-        self.backend = "onnxruntime-int8" if self.variant == "int8" else "onnxruntime"
+            raise BundleError(f"unknown ONNX variant {variant!r}: use one of {', '.join(VARIANTS)}")
+        self._owned_dir = None
+        if variant == "int8" and work_dir is None and b.variant_files("int8") is None:
+            # quantise into a directory this encoder owns: never write into the user's bundle
+            import tempfile
+
+            self._owned_dir = tempfile.TemporaryDirectory(prefix="mope-int8-")
+            work_dir = self._owned_dir.name
         available = ort.get_available_providers()
         if providers:
             missing = [p for p in providers if p not in available]
@@ -143,20 +115,22 @@ class OnnxRuntimeEncoder(Encoder):
             self.providers = list(providers)
         else:
             self.providers = [p for p in DEFAULT_PROVIDERS if p in available]
+        # default: the fastest fp32 graphs the exporter wrote (same numbers, fewer kernels): fused attention,
+        # else ORT's other fusions; TensorRT's provider takes the plain standard-op graph (no contrib ops)
+        order = ("fp32",) if "TensorrtExecutionProvider" in self.providers else ("fused", "optimized", "fp32")
+        self.variant = variant or next(v for v in order if v == "fp32" or b.variant_files(v))
+        self.bundle, self.threads = bundle, threads
+        self.settings = (settings or SessionSettings()).replace(
+            intra_op_threads=threads or (settings.intra_op_threads if settings else None))
+        self.backend = "onnxruntime-int8" if self.variant == "int8" else "onnxruntime"
         if self.variant == "int8":
             image_path, text_path = int8_files(bundle, work_dir)  # type: ignore[arg-type]
         else:
-            found = variant_files(bundle, self.variant)
+            found = b.variant_files(self.variant)
             if found is None:
                 raise BundleError(f"{bundle} has no {self.variant} graphs; re-export with that variant or pick another")
-            image_path, text_path = found
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # quantised graphs warn about every unfused node otherwise
+            image_path, text_path = found["vision"], found["text"]
+        opts = self.settings.session_options()
         self.files = {"image": str(image_path), "text": str(text_path)}
         self.image_session = self._session(ort, image_path, opts)
         self.text_session = self._session(ort, text_path, opts)
@@ -165,6 +139,22 @@ class OnnxRuntimeEncoder(Encoder):
                                                             self.config.vision.image_size])
         self._text_in, self._text_dtype = self._check_io(self.text_session, text_path, "tokens",
                                                          [None, self.context_length])
+
+    @classmethod
+    def from_model(cls, model: Any, int8: bool = False, work_dir: str | Path | None = None,
+                   **kwargs: Any) -> "OnnxRuntimeEncoder":
+        """Export ``model`` (a SlimCLIP) into ``work_dir`` (default: a temporary directory this encoder owns
+        and removes when it is garbage-collected) and open the result."""
+        import tempfile
+
+        owned = None
+        if work_dir is None:
+            owned = tempfile.TemporaryDirectory(prefix="mope-onnx-")
+            work_dir = owned.name
+        bundle = export_for_runtime(model, Path(work_dir) / "bundle", int8=int8)
+        enc = cls(bundle, variant="int8" if int8 else kwargs.pop("variant", None), work_dir=work_dir, **kwargs)
+        enc._owned_dir = owned  # the export lives as long as the encoder
+        return enc
 
     def _session(self, ort, path: Path, opts):
         try:
@@ -217,7 +207,12 @@ class OnnxRuntimeEncoder(Encoder):
         return lambda: session.run(None, feed)
 
     def describe(self) -> dict[str, Any]:
-        gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        # what the sessions actually run on: ORT falls back to the CPU provider silently when a requested GPU
+        # provider cannot load (missing CUDA/cuDNN libraries), so the requested list can be wrong
+        actual = list(self.image_session.get_providers())
+        gpu = actual[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         return {"backend": self.backend, "variant": self.variant, "device": "cuda" if gpu else "cpu",
-                "providers": self.providers, "threads": self.threads or "ort-default",
+                "providers": actual, "requested_providers": self.providers,
+                "text_providers": list(self.text_session.get_providers()),
+                "threads": self.threads or "ort-default", "session_settings": self.settings.to_dict(),
                 "files": {k: Path(v).name for k, v in self.files.items()}}

@@ -9,13 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import default_device
 from ..models.config import CLIPConfig
 from ..models.slim_clip import SlimCLIP
 from .base import BackendUnavailableError, Encoder
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _check_device(device: str) -> torch.device:

@@ -62,9 +62,12 @@ def test_parsing_and_bad_input(tiny_dir):
 
 
 def test_unavailable_backend_names_the_available_ones(tiny_dir, monkeypatch):
-    import mope_deploy.runtime as rt
+    import dataclasses
 
-    monkeypatch.setattr(rt, "backend_status", lambda b: "no CUDA GPU visible to torch" if b == "tensorrt" else None)
+    from mope_deploy.runtime import registry
+
+    trt = dataclasses.replace(registry._REGISTRY["tensorrt"], requires=lambda: "no CUDA GPU visible to torch")
+    monkeypatch.setitem(registry._REGISTRY, "tensorrt", trt)
     with pytest.raises(BackendUnavailableError, match="tensorrt.*no CUDA GPU.*Available here: torch"):
         run_bench([str(tiny_dir)], ["torch", "tensorrt"])
 

@@ -7,9 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mope_deploy.cli.app import _register, app
+from mope_deploy.cli.app import app
 
-_register()
 runner = CliRunner()
 
 

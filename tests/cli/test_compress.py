@@ -8,9 +8,8 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from mope_deploy.cli.app import _register, app
+from mope_deploy.cli.app import app
 
-_register()
 runner = CliRunner()
 
 

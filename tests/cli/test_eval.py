@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import mope_deploy.cli.eval  # noqa: F401  (registers `eval` only, so other commands' state cannot break this file)
 from mope_deploy.cli.app import app
 from mope_deploy.data.datasets import load_dataset
 from mope_deploy.eval.retrieval import METRIC_KEYS, evaluate

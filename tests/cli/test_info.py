@@ -6,10 +6,9 @@ import json
 
 from typer.testing import CliRunner
 
-from mope_deploy.cli.app import _register, app
+from mope_deploy.cli.app import app
 from mope_deploy.models import model_stats
 
-_register()
 runner = CliRunner()
 
 

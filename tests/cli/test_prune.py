@@ -8,9 +8,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import mope_deploy.cli.importance  # noqa: F401  (registers the commands this file tests)
-import mope_deploy.cli.info  # noqa: F401
-import mope_deploy.cli.prune  # noqa: F401
 from mope_deploy.cli.app import app
 from mope_deploy.importance import ScoreTable
 from mope_deploy.models import load_model, model_stats

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import tarfile
-import types
 from pathlib import Path
 
 import pytest
@@ -254,10 +252,11 @@ def test_dataset_from_pil_list_and_validation():
 
 
 def test_load_dataset_dispatch(tmp_path, monkeypatch):
+    import mope_deploy.data.datasets as datasets_mod
+
     calls = []
-    fake = types.ModuleType("mope_deploy.data.synthetic")
-    fake.load_split = lambda split: calls.append(split) or RetrievalDataset(f"synthetic:{split}", [img(0)], ["x"], [0])
-    monkeypatch.setitem(sys.modules, "mope_deploy.data.synthetic", fake)
+    monkeypatch.setattr(datasets_mod, "load_synthetic", lambda split: calls.append(split) or
+                        RetrievalDataset(f"synthetic:{split}", [img(0)], ["x"], [0]))
     assert load_dataset("synthetic:val").name == "synthetic:val"
     assert load_dataset("synthetic", split="test").name == "synthetic:test"
     assert calls == ["val", "test"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mope_deploy.data import synthetic as syn
+from mope_deploy.data.datasets import DatasetError, load_synthetic
 
 
 def _pixels(img) -> np.ndarray:
@@ -64,20 +65,20 @@ def test_captions_varied_and_name_what_is_drawn():
     assert len(openings) > 30
 
 
-def test_load_split_fixed_sizes_and_protocol():
-    ds = syn.load_split("val", n_images=12)
+def test_load_synthetic_fixed_sizes_and_protocol():
+    ds = load_synthetic("val", n_images=12)
     assert ds.n_images == 12 and ds.n_captions == 60
     assert ds.txt2img == [i for i in range(12) for _ in range(5)]
-    again = syn.load_split("val", n_images=12)
+    again = load_synthetic("val", n_images=12)
     assert ds.captions == again.captions
     assert syn.SPLIT_SIZES["test"] == 500 and syn.SPLIT_SIZES["val"] == 250
 
 
 def test_bad_split_is_a_clear_error():
-    with pytest.raises(ValueError, match="train, val, test"):
-        syn.load_split("dev")
+    with pytest.raises(DatasetError, match="train, val, test"):
+        load_synthetic("dev")
     with pytest.raises(ValueError, match="positive"):
-        syn.load_split("val", n_images=0)
+        load_synthetic("val", n_images=0)
 
 
 def test_torch_stream_splits_indices_across_workers():

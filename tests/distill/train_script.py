@@ -13,7 +13,7 @@ import torch
 
 from mope_deploy import distributed as D
 from mope_deploy.distill.kd import DistillationLoss, KDWeights, block_map
-from mope_deploy.distill.pipelines import hidden_forward
+from mope_deploy.distill.kd import hidden_forward
 from mope_deploy.distill.trainer import TrainConfig, Trainer
 from mope_deploy.models import SlimCLIP
 from mope_deploy.models.tiny import tiny_config

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from export_helpers import ort_run, tiny
-from mope_deploy.exporting import ExportError, export_onnx
-from mope_deploy.exporting.manifest import sha256_file, verify_bundle
+from mope_deploy.exporting import EvalInputs, ExportConfig, ExportError, export_onnx
+from mope_deploy.exporting.bundle import Bundle, sha256_file
 from mope_deploy.exporting.onnx import TextEncoder, pool_positions, random_tokens, tokenize
 from mope_deploy.models import SlimCLIP
 from mope_deploy.models.tiny import tiny_config
@@ -21,7 +21,7 @@ from mope_deploy.models.tiny import tiny_config
 def bundle(tmp_path_factory):
     model = tiny()
     out = tmp_path_factory.mktemp("b") / "bundle"
-    manifest = export_onnx(model, out, exporter="legacy", batch_sizes=(1, 4, 8))
+    manifest = export_onnx(model, out, ExportConfig(exporter="legacy", batch_sizes=(1, 4, 8)))
     return model, out, manifest
 
 
@@ -69,7 +69,7 @@ def test_manifest_hashes_and_parity(bundle):
     assert set(manifest["files"]) == {"image_encoder.onnx", "text_encoder.onnx"}
     for rel, info in manifest["files"].items():
         assert info["sha256"] == sha256_file(out / rel)
-    assert verify_bundle(out) == []
+    assert Bundle(out).verify() == []
     p = manifest["parity"]
     assert p["passed"] and 0 < p["max_abs"] <= 1e-4
     assert set(p["text"]) == {"random", "real"}  # real = the model's tokenizer on real captions
@@ -104,8 +104,8 @@ def test_eos_pooling_when_eot_is_not_the_highest_id(tmp_path):
     tokens[0, 4], tokens[1, 9], tokens[2, 15] = 2, 2, 2
     tokens[0, 5:] = 0
     with pytest.raises(ExportError, match="fix config.tokenizer"):  # the tiny config keeps CLIP's tokenizer
-        export_onnx(model, tmp_path / "b", exporter="legacy")
-    export_onnx(model, tmp_path / "b", exporter="legacy", real_tokens=tokens.to(torch.int32))
+        export_onnx(model, tmp_path / "b", ExportConfig(exporter="legacy"))
+    export_onnx(model, tmp_path / "b", ExportConfig(exporter="legacy"), EvalInputs(tokens=tokens.to(torch.int32)))
     got = ort_run(tmp_path / "b" / "text_encoder.onnx", tokens.to(torch.int32))
     with torch.no_grad():
         ref = model.encode_text(tokens).numpy()
@@ -117,7 +117,7 @@ def test_eos_pooling_when_eot_is_not_the_highest_id(tmp_path):
 
 def test_normalized_embeddings(tmp_path):
     model = tiny()
-    export_onnx(model, tmp_path / "b", exporter="legacy", normalize=True)
+    export_onnx(model, tmp_path / "b", ExportConfig(exporter="legacy", normalize=True))
     tokens = tokenize(model, ["a photo of a cat", "two dogs"])
     got = ort_run(tmp_path / "b" / "text_encoder.onnx", tokens)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
@@ -128,7 +128,7 @@ def test_normalized_embeddings(tmp_path):
 
 def test_external_data(tmp_path):
     model = tiny()
-    manifest = export_onnx(model, tmp_path / "b", exporter="legacy", external_data=True)
+    manifest = export_onnx(model, tmp_path / "b", ExportConfig(exporter="legacy", external_data=True))
     out = tmp_path / "b"
     assert (out / "image_encoder.onnx.data").is_file() and (out / "text_encoder.onnx.data").is_file()
     assert (out / "image_encoder.onnx").stat().st_size < (out / "image_encoder.onnx.data").stat().st_size
@@ -144,7 +144,7 @@ def test_dynamo_exporter_keeps_batch_dynamic(tmp_path):
 
     model = tiny(depth=1)
     out = tmp_path / "b"
-    manifest = export_bundle(model, out, precision="int8", skip_recall_gate=True)
+    manifest = export_bundle(model, out, ExportConfig(precision="int8", skip_recall_gate=True))
     assert manifest["exporter"] == "dynamo" and manifest["opset"] >= 17
     for b in (1, 3):
         tokens = random_tokens(model, b)
@@ -159,23 +159,23 @@ def test_failed_parity_leaves_nothing(tmp_path):
     model = tiny()
     out = tmp_path / "b"
     with pytest.raises(ExportError, match=r"differs from torch by .* \(> atol"):
-        export_onnx(model, out, exporter="legacy", atol=1e-12)
+        export_onnx(model, out, ExportConfig(exporter="legacy", atol=1e-12))
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temp dir left behind either
 
 
 def test_failed_export_keeps_previous_bundle(tmp_path):
     out = tmp_path / "b"
-    export_onnx(tiny(), out, exporter="legacy")
+    export_onnx(tiny(), out, ExportConfig(exporter="legacy"))
     before = {p.name: sha256_file(p) for p in out.iterdir()}
     with pytest.raises(ExportError):
-        export_onnx(tiny(seed=5), out, exporter="legacy", atol=1e-12)
+        export_onnx(tiny(seed=5), out, ExportConfig(exporter="legacy", atol=1e-12))
     assert {p.name: sha256_file(p) for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
-    assert verify_bundle(out) == []
+    assert Bundle(out).verify() == []
     with open(out / "text_encoder.onnx", "ab") as f:  # a corrupted file is caught by its manifest hash
         f.write(b"\0")
-    assert verify_bundle(out) == ["text_encoder.onnx"]
+    assert Bundle(out).verify() == ["text_encoder.onnx"]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -186,7 +186,7 @@ def test_failed_export_keeps_previous_bundle(tmp_path):
 ])
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        export_onnx(tiny(), tmp_path / "b", **kwargs)
+        export_onnx(tiny(), tmp_path / "b", ExportConfig(**kwargs))
     assert not (tmp_path / "b").exists()
 
 
@@ -195,10 +195,10 @@ def test_real_photos_parity(tmp_path, flickr_dir):
     from mope_deploy.exporting import export_bundle
 
     model = tiny()
-    manifest = export_bundle(model, tmp_path / "b", eval_data=str(flickr_dir), eval_limit=6, exporter="legacy",
-                             optimize=False)
+    manifest = export_bundle(model, tmp_path / "b", ExportConfig(eval_data=str(flickr_dir), eval_limit=6,
+                                                                 exporter="legacy", optimize=False))
     p = manifest["parity"]
-    assert p["passed"] and set(p["image"]) == {"random", "real"}
-    assert p["image"]["real"]["n"] == 6 and p["image"]["real"]["max_abs"] <= 1e-4
+    assert p["passed"] and set(p["vision"]) == {"random", "real"}
+    assert p["vision"]["real"]["n"] == 6 and p["vision"]["real"]["max_abs"] <= 1e-4
     assert manifest["variants"]["fp32"]["recall"]["recall_mean"] >= 0
     assert manifest["eval"]["n_images"] == 6

@@ -1,5 +1,6 @@
-"""TensorRT engine builder against a fake ``tensorrt`` module (no GPU or TensorRT here), and the clear
-errors when TensorRT, torch-tensorrt or CUDA are missing."""
+"""TensorRT and torch-tensorrt through ``export_bundle`` (fakes of TensorRT 10/11 and torch-tensorrt releases;
+no GPU or TensorRT here): If-free text graphs for both exporters, gated engines in the bundle, refusals that
+leave nothing behind, and the clear errors when TensorRT, torch-tensorrt or CUDA are missing."""
 
 from __future__ import annotations
 
@@ -9,165 +10,119 @@ import sys
 import onnx
 import pytest
 
-import fake_tensorrt
 from export_helpers import matched_dataset, tiny
-from mope_deploy.exporting import ExportError, export_bundle
-from mope_deploy.exporting import tensorrt as trt_mod
-from mope_deploy.exporting.tensorrt import TensorRTUnavailableError
-
-PINNED_OPS = {"LayerNormalization", "Softmax", "ReduceL2", "ReduceMean", "ReduceMax", "ReduceSum", "ArgMax"}
-
-
-@pytest.fixture
-def fake_trt(monkeypatch):
-    fake = fake_tensorrt.make()
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: True)
-    monkeypatch.setattr(trt_mod, "CALIB_DEVICE", "cpu")  # the fake only checks the pointers are real
-    return fake
+from fakes import install_tensorrt, install_torch_tensorrt
+from mope_deploy import device as device_mod
+from mope_deploy.device import TensorRTUnavailableError
+from mope_deploy.exporting import ExportConfig, ExportError, export_bundle
 
 
-def _pinnable(path) -> int:
-    return sum(n.op_type in PINNED_OPS for n in onnx.load(str(path)).graph.node)
-
-
-def test_fp16_engines_pin_fragile_layers(tmp_path, fake_trt):
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_text_graph_is_if_free_and_parses(tmp_path, monkeypatch, exporter):
+    """The TorchScript exporter used to turn ``.squeeze(1)`` into an ``If`` with rank-mismatched branches, which
+    onnx-tensorrt refuses (the fake parser refuses it too); both exporters now give If-free graphs."""
+    fake = install_tensorrt(monkeypatch, 10)
     out = tmp_path / "b"
-    m = export_bundle(tiny(), out, formats=["tensorrt"], precision="fp16", batch_sizes=(1, 4, 16),
-                      exporter="legacy", optimize=False, skip_recall_gate=True)
+    m = export_bundle(tiny(), out, ExportConfig(formats=["tensorrt"], precision="fp32", batch_sizes=(1, 4, 8),
+                                                exporter=exporter, optimize=False))
+    for f in ("image_encoder.onnx", "text_encoder.onnx"):
+        assert "If" not in {n.op_type for n in onnx.load(str(out / f)).graph.node}
+    assert [p.rsplit("/", 1)[-1] for p in fake.RECORD["parsed"]] == ["image_encoder.onnx", "text_encoder.onnx"]
+    assert m["tensorrt"]["engines"]["text"]["gate"]["passed"]
+
+
+@pytest.mark.parametrize("generation", [10, 11])
+def test_fp16_engines_in_the_bundle(tmp_path, monkeypatch, generation):
+    fake = install_tensorrt(monkeypatch, generation)
+    out = tmp_path / "b"
+    m = export_bundle(tiny(), out, ExportConfig(formats=["tensorrt"], precision="fp16", batch_sizes=(2, 4, 16),
+                                                optimize=False, skip_recall_gate=True, sparse=True))
     engines = m["tensorrt"]["engines"]
-    assert set(engines) == {"image", "text"}
-    for tower, onnx_file, name, shape in (("image", "image_encoder.onnx", "image", [3, 32, 32]),
-                                          ("text", "text_encoder.onnx", "tokens", [16])):
+    assert set(engines) == {"vision", "text"}
+    for tower, name, shape in (("vision", "image", [3, 32, 32]), ("text", "tokens", [16])):
         plan = json.loads((out / engines[tower]["file"]).read_bytes())  # the fake serialises what it was told
-        assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(plan["flags"]) and "INT8" not in plan["flags"]
-        assert plan["profiles"] == [{name: [[1, *shape], [4, *shape], [16, *shape]]}]
-        assert len(plan["pinned"]) == _pinnable(out / onnx_file) > 0
-        assert set(plan["pinned_types"]) <= {"NORMALIZATION", "SOFTMAX", "REDUCE", "TOPK"}
-        assert "NORMALIZATION" in plan["pinned_types"] and plan["pools"]["WORKSPACE"] == 4 << 30
-    assert "TOPK" in json.loads((out / engines["text"]["file"]).read_bytes())["pinned_types"]  # EOT ArgMax
-    log = (out / "tensorrt_build.log").read_text()
-    assert "precision fp16" in log and "built" in log and "pinned to fp32" in log
-    assert (out / "tensorrt_timing.cache").is_file()
-    assert engines["image"]["file"] in m["files"] and "tensorrt_build.log" in m["files"]
-    assert fake_trt.RECORD["parsed"][0].endswith("image_encoder.onnx")  # engines come from the fp32 graphs
+        assert plan["strongly_typed"] and plan["flags"] == ["SPARSE_WEIGHTS"]  # H11's 2:4 flag passes through
+        assert plan["profile"] == {name: [[1, *shape], [4, *shape], [16, *shape]]}
+        assert plan["pools"]["WORKSPACE"] == 4 << 30
+        src = out / engines[tower]["source_graph"]
+        assert src.name.endswith(".trt-fp16.onnx") and src.name in m["files"]
+        assert engines[tower]["gate"]["passed"] and engines[tower]["file"] in m["files"]
+    assert m["tensorrt"]["recall_gate"] is None  # --skip-recall-gate
+    assert m["tensorrt"]["features"]["weak_typing"] == (generation == 10)
+    assert "tensorrt_build.log" in m["files"] and (out / "tensorrt_timing.cache").is_file()
+    assert fake.RECORD["streams"]
 
 
-def test_fp32_engine_disables_tf32_and_sparse_flag(tmp_path, fake_trt):
-    m = export_bundle(tiny(), tmp_path / "b", formats=["tensorrt"], precision="fp32", exporter="legacy",
-                      optimize=False, sparse=True)
-    plan = json.loads((tmp_path / "b" / m["tensorrt"]["engines"]["image"]["file"]).read_bytes())
-    assert plan["flags"] == ["SPARSE_WEIGHTS"] and plan["cleared"] == ["TF32"]
-    assert plan["pinned"] == []
-    # the timing cache written by the first engine is read back by the second build
-    assert fake_trt.RECORD["plans"][0]["timing_cache_input"] == ""
-    assert fake_trt.RECORD["plans"][1]["timing_cache_input"].endswith("+timed")
-
-
-def test_int8_engines_calibrate_on_eval_data(tmp_path, fake_trt):
+def test_int8_engines_calibrate_on_eval_data_and_pass_recall(tmp_path, monkeypatch):
+    install_tensorrt(monkeypatch, 11)
     model = tiny()
     data = matched_dataset(model, tmp_path / "data", n_images=10)
-    m = export_bundle(model, tmp_path / "b", formats=["tensorrt"], precision="int8", batch_sizes=(1, 4, 8),
-                      eval_data=str(data), exporter="legacy", optimize=False, max_recall_drop=100.0)
-    for tower, n_inputs in (("image", 10), ("text", 10)):
-        e = m["tensorrt"]["engines"][tower]
-        plan = json.loads((tmp_path / "b" / e["file"]).read_bytes())
-        assert {"INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(plan["flags"])
-        assert plan["calibration_batches"] == [4] * (n_inputs // 4) == [4] * e["calibration_batches"]
-    assert (tmp_path / "b" / "image_encoder.int8.calib.cache").read_bytes() == b"fake-calibration-table"
+    m = export_bundle(model, tmp_path / "b", ExportConfig(formats=["tensorrt"], precision="int8",
+                                                          batch_sizes=(1, 4, 8), eval_data=str(data), optimize=False,
+                                                          max_recall_drop=100.0))
+    t = m["tensorrt"]
+    assert t["recall_gate"]["passed"] and t["recall_gate"]["recall"]["recall_mean"] > 0
+    for tower in ("vision", "text"):
+        check = t["engines"][tower]["graph_conversion"]["check"]
+        assert check["quantize_linear"] > 0 and not check["nonzero_zero_points"]
 
 
-def test_build_failure_is_refused_with_log(tmp_path, fake_trt):
-    fake_trt.RECORD["fail_build"] = True
-    with pytest.raises(ExportError, match="out of tactics"):
-        export_bundle(tiny(), tmp_path / "b", formats=["onnx", "tensorrt"], exporter="legacy", optimize=False)
-    assert not (tmp_path / "b").exists()
+def test_refused_engine_leaves_no_bundle(tmp_path, monkeypatch):
+    fake = install_tensorrt(monkeypatch, 11)
+    fake.FAULTS["perturb"] = 0.05
+    with pytest.raises(ExportError, match="numeric gate"):
+        export_bundle(tiny(), tmp_path / "b", ExportConfig(formats=["onnx", "tensorrt"], optimize=False))
+    assert not (tmp_path / "b").exists()  # (a failed build: test_trt_build.py, same atomic bundle)
 
 
 def test_missing_tensorrt_fails_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
     with pytest.raises(TensorRTUnavailableError, match="TensorRT is not installed"):
-        export_bundle(tiny(), tmp_path / "b", formats=["onnx", "tensorrt"])
+        export_bundle(tiny(), tmp_path / "b", ExportConfig(formats=["onnx", "tensorrt"]))
     assert not (tmp_path / "b").exists()
 
 
 def test_missing_cuda_is_named(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt.make())
-    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: False)
+    install_tensorrt(monkeypatch, 11)
+    monkeypatch.setattr(device_mod, "cuda_available", lambda: False)
     with pytest.raises(TensorRTUnavailableError, match="CUDA GPU"):
-        export_bundle(tiny(), tmp_path / "b", formats=["tensorrt"])
+        export_bundle(tiny(), tmp_path / "b", ExportConfig(formats=["tensorrt"]))
 
 
-def test_old_tensorrt_is_refused(monkeypatch):
-    fake = fake_tensorrt.make()
-    monkeypatch.setattr(fake, "__version__", "8.6.1")
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    with pytest.raises(TensorRTUnavailableError, match=">= 10"):
-        trt_mod.require_tensorrt()
-
-
-def test_int8_tensorrt_needs_calibration_data(tmp_path, fake_trt):
+def test_int8_tensorrt_needs_calibration_data(tmp_path, monkeypatch):
+    install_tensorrt(monkeypatch, 11)
     with pytest.raises(ValueError, match="calibrates on real inputs"):
-        export_bundle(tiny(), tmp_path / "b", formats=["tensorrt"], precision="int8", skip_recall_gate=True)
+        export_bundle(tiny(), tmp_path / "b", ExportConfig(formats=["tensorrt"], precision="int8",
+                                                           skip_recall_gate=True))
 
 
 def test_missing_torch_tensorrt(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
     with pytest.raises(TensorRTUnavailableError, match="torch-tensorrt is not installed"):
-        export_bundle(tiny(), tmp_path / "b", formats=["torch-tensorrt"])
+        export_bundle(tiny(), tmp_path / "b", ExportConfig(formats=["torch-tensorrt"]))
     assert not (tmp_path / "b").exists()
 
 
-def _fake_torch_tensorrt(calls: list):
-    import types
-    from pathlib import Path
-
-    mod = types.ModuleType("torch_tensorrt")
-    mod.__version__ = "2.5.0"
-
-    class Input:
-        def __init__(self, **kw):
-            self.kw = kw
-
-    def compile(module, ir, arg_inputs, enabled_precisions, min_block_size):  # noqa: A001
-        calls.append(("compile", ir, arg_inputs[0].kw, enabled_precisions))
-        return module
-
-    def save(gm, path, output_format, arg_inputs, dynamic_shapes):
-        out = gm(*arg_inputs)  # the compiled module must run on the example
-        calls.append(("save", Path(path).name, output_format, tuple(arg_inputs[0].shape), dynamic_shapes,
-                      tuple(out.shape)))
-        Path(path).write_bytes(b"exported program")
-
-    mod.Input, mod.compile, mod.save = Input, compile, save
-    return mod
-
-
-def test_torch_tensorrt_path(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_torch_tensorrt_in_the_bundle(tmp_path, monkeypatch):
     import torch
 
     from mope_deploy.exporting import torch_trt
 
-    calls: list = []
-    monkeypatch.setitem(sys.modules, "torch_tensorrt", _fake_torch_tensorrt(calls))
-    monkeypatch.setattr(trt_mod, "_cuda_available", lambda: True)
+    install_torch_tensorrt(monkeypatch, "2.14")
     monkeypatch.setattr(torch_trt, "DEVICE", "cpu")
     model = tiny()
-    m = export_bundle(model, tmp_path / "b", formats=["torch-tensorrt"], precision="fp16", batch_sizes=(1, 4, 8),
-                      exporter="legacy", optimize=False, skip_recall_gate=True)
-    assert m["torch_tensorrt"]["files"] == {"image": "image_encoder.fp16.ep", "text": "text_encoder.fp16.ep"}
-    (c_img, s_img, c_txt, s_txt) = calls
-    assert c_img[1] == "dynamo" and c_img[3] == {torch.float16}
-    assert c_img[2] == {"min_shape": (1, 3, 32, 32), "opt_shape": (4, 3, 32, 32), "max_shape": (8, 3, 32, 32),
-                        "dtype": torch.float32}
-    assert c_txt[2]["dtype"] == torch.int32 and c_txt[2]["max_shape"] == (8, 16)
-    assert s_img[2] == "exported_program" and s_img[3] == (4, 3, 32, 32) and s_img[5] == (4, 32)
-    dim = s_txt[4]["tokens"][0]
-    assert (dim.min, dim.max) == (1, 8)
+    m = export_bundle(model, tmp_path / "b", ExportConfig(formats=["torch-tensorrt"], precision="fp16",
+                                                          batch_sizes=(1, 4, 8), optimize=False,
+                                                          skip_recall_gate=True))
+    t = m["torch_tensorrt"]
+    assert t["files"] == {"vision": "image_encoder.fp16.ep", "text": "text_encoder.fp16.ep"}
+    assert all(g["passed"] for g in t["gates"].values()) and "real@8" in t["gates"]["text"]["cases"]
     assert (tmp_path / "b" / "text_encoder.fp16.ep").is_file() and "text_encoder.fp16.ep" in m["files"]
-    assert next(model.parameters()).device.type == "cpu"
+    assert next(model.parameters()).device.type == "cpu" and next(model.parameters()).dtype == torch.float32
 
 
 def test_torch_tensorrt_int8_refused(tmp_path):
     with pytest.raises(ValueError, match="ModelOpt"):
-        export_bundle(tiny(), tmp_path / "b", formats=["torch-tensorrt"], precision="int8", skip_recall_gate=True)
+        export_bundle(tiny(), tmp_path / "b", ExportConfig(formats=["torch-tensorrt"], precision="int8",
+                                                           skip_recall_gate=True))

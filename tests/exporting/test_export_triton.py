@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-import fake_tensorrt
 from export_helpers import ort_run, tiny
-from mope_deploy.exporting import export_bundle
-from mope_deploy.exporting import tensorrt as trt_mod
+from fakes import install_tensorrt
+from mope_deploy.exporting import ExportConfig, export_bundle
 from mope_deploy.exporting.triton import render_config
 
 
@@ -26,10 +23,10 @@ def repo(tmp_path_factory):
     model = tiny()
     out = tmp_path_factory.mktemp("t") / "b"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "tensorrt", fake_tensorrt.make())
-        mp.setattr(trt_mod, "_cuda_available", lambda: True)
-        manifest = export_bundle(model, out, formats=["triton", "tensorrt"], precision="fp16", batch_sizes=(1, 8, 32),
-                                 exporter="legacy", skip_recall_gate=True, external_data=True)
+        install_tensorrt(mp, 11)  # TensorRT 11 fake: strongly typed fp16 engines, gated vs torch
+        manifest = export_bundle(model, out, ExportConfig(formats=["triton", "tensorrt"], precision="fp16",
+                                                          batch_sizes=(1, 8, 32), exporter="legacy",
+                                                          skip_recall_gate=True, external_data=True))
     return model, out, manifest
 
 
@@ -37,6 +34,7 @@ def test_repository_layout_and_configs(repo):
     model, out, manifest = repo
     r = out / "triton"
     assert set(manifest["triton"]["models"]) == {"clip_image_onnx", "clip_text_onnx", "clip_image_trt", "clip_text_trt"}
+    # deployed names keep the word "image" for the vision tower (Triton clients address models by name)
     expect = {"image": ("image", mc.DataType.TYPE_FP32, [3, 32, 32]), "text": ("tokens", mc.DataType.TYPE_INT32, [16])}
     for tower, (name, dtype, dims) in expect.items():
         for kind, model_file in (("onnx", "model.onnx"), ("trt", "model.plan")):
@@ -74,8 +72,8 @@ def test_repository_onnx_models_run(repo):
 
 
 def test_int8_onnx_models_run_on_cpu_instances(tmp_path):
-    m = export_bundle(tiny(), tmp_path / "b", formats=["triton"], precision="int8", exporter="legacy",
-                      skip_recall_gate=True, optimize=False)
+    m = export_bundle(tiny(), tmp_path / "b", ExportConfig(formats=["triton"], precision="int8", exporter="legacy",
+                                                           skip_recall_gate=True, optimize=False))
     cfg = _parse(tmp_path / "b" / "triton" / "clip_image_onnx" / "config.pbtxt")
     assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.Kind.KIND_CPU
     assert m["triton"]["models"]["clip_image_onnx"]["source"] == "image_encoder.int8.onnx"

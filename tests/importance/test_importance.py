@@ -13,7 +13,8 @@ from mope_deploy.eval.retrieval import naive_retrieval_metrics
 from mope_deploy.importance import (ScoreTable, ScoreTableError, group_bounds, model_hash, permute_ffn_, rewire_ffn,
                                     score)
 from mope_deploy.importance.baselines import magnitude_scores
-from mope_deploy.importance.gradient import contrastive_loss, gradient_importance, training_pairs
+from mope_deploy.importance.gradient import gradient_importance, training_pairs
+from mope_deploy.models.objectives import info_nce
 from mope_deploy.importance.mope import Probe, build_probes, chunk_probes, probe_masks, single_probe_masks
 from mope_deploy.models import Masks, SlimCLIP
 from mope_deploy.models.tiny import tiny_config
@@ -137,7 +138,7 @@ def _loss(model, images, tokens, t2i):
     ii, cc = training_pairs(t2i)
     img = F.normalize(model.visual(images[ii]), dim=-1)
     txt = F.normalize(model.text(tokens[cc]), dim=-1)
-    return contrastive_loss(img, txt, model.logit_scale.exp())
+    return info_nce(img, txt, model.logit_scale.exp())
 
 
 def test_gradient_importance_equals_finite_difference_reference():
@@ -169,7 +170,7 @@ def test_gradient_importance_equals_finite_difference_reference():
                 ii, cc = training_pairs(t2i)
                 img = F.normalize(model.visual(images[ii], masks=Masks(head={0: hm})), dim=-1)
                 txt = F.normalize(model.text(tokens[cc]), dim=-1)
-                vals.append(contrastive_loss(img, txt, model.logit_scale.exp()).item())
+                vals.append(info_nce(img, txt, model.logit_scale.exp()).item())
         assert g["vision"]["head"][0][h] == pytest.approx(abs(vals[0] - vals[1]) / (2 * eps), rel=1e-4, abs=1e-9)
     assert blk.mlp.c_fc.weight.grad is None
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from mope_deploy.models import ModelFileError, load, load_model, save_model
 from mope_deploy.atomic import atomic_dir
-from mope_deploy.models.io import CONFIG_FILE, WEIGHTS_FILE
+from mope_deploy.models.io import CONFIG_FILE, WEIGHTS_FILE, model_dir_owner
 
 
 def test_round_trip_is_bit_exact(tiny_model, tmp_path):
@@ -74,7 +74,7 @@ def test_save_is_atomic_and_replaces(tiny_model, tmp_path):
     target = tmp_path / "m"
     tiny_model.save(target)
     with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, owner=model_dir_owner()) as tmp:   # a model directory may be replaced
             (tmp / "half").write_text("x")
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in target.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]

@@ -110,7 +110,7 @@ def test_tensorrt_unavailable_here_is_clear(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)  # import fails like a missing package
     import importlib.util
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else object())
-    with pytest.raises(BackendUnavailableError, match="TensorRT 10 is not installed.*Available here: torch"):
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed.*Available here: torch"):
         check_backend("tensorrt")
 
 

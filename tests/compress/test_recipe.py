@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from mope_deploy.distill.recipe import RECIPES_DIR, RecipeError, load_recipe, parse_recipe
+from mope_deploy.compress.recipe import RecipeError, load_recipe, parse_recipe, recipe_names
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"  # the repository folder the package ships
 
 PAPER = {"mope-clip-large": ("pretraining", 512, None, 384),
          "mope-clip-base": ("pretraining", 384, 18, 384),
          "mope-clip-small": ("pretraining", 384, 18, 192)}
+
+
+def test_every_recipe_in_the_repository_ships_with_the_package():
+    assert recipe_names() == sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) and "demo" in recipe_names()
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
@@ -97,13 +105,13 @@ PAPER_SHAPES = {"mope-clip-large": (512, 24, 153, 42), "mope-clip-base": (384, 1
 
 @pytest.mark.parametrize("name", list(PAPER_SHAPES))
 def test_paper_recipes_build_the_paper_students_from_vit_l14(name):
-    from mope_deploy.distill.pipelines import pretraining_plan
+    from mope_deploy.compress.pipeline import pretraining_plan
     from mope_deploy.models import load_config, model_stats
 
     r = load_recipe(name)
     teacher = load_config(r.teacher)
     table = _random_table(teacher)
-    plan = pretraining_plan(r, teacher, table, table)
+    plan = pretraining_plan(r, teacher, {m: table for m in (r.prune.method, r.prune.depth_method)})
     student = plan.apply_config(teacher)
     vw, vd, vparams, tparams = PAPER_SHAPES[name]
     assert [b.heads * 64 for b in student.vision.blocks] == [vw] * vd
@@ -116,7 +124,7 @@ def test_paper_recipes_build_the_paper_students_from_vit_l14(name):
 
 @pytest.mark.parametrize("name,tower,width,depth", [("mope-clip-v", "vision", 384, 18), ("mope-clip-t", "text", 384, 12)])
 def test_finetuning_recipes_build_their_shapes(name, tower, width, depth):
-    from mope_deploy.distill.pipelines import compose_plans, recipe_target
+    from mope_deploy.compress.pipeline import compose_plans, recipe_target
     from mope_deploy.models import load_config
     from mope_deploy.pruning.plan import make_plan
 

@@ -1,7 +1,11 @@
 """Train the embedded demo teacher on the synthetic scenes and save it to ``mope_deploy/assets/demo``.
 
-    python -m mope_deploy.data.train_demo            # the shipped teacher (about 25 min on 2 CPU cores)
-    python -m mope_deploy.data.train_demo --steps 20 --out /tmp/demo   # a quick smoke run
+A tool, not part of the library (it uses the trainer, pruning and evaluation, which the data stage must not
+import): it lives beside the other scripts that produced a shipped measurement.
+
+    python benchmarks/train_demo.py                  # the shipped teacher (about 25 min on 2 CPU cores)
+    python benchmarks/train_demo.py --steps 20 --out /tmp/demo   # a quick smoke run
+    python benchmarks/train_demo.py --measure-only --flickr /work/shared/data/flickr8k-500   # + real photos
 
 Training checkpoints go to ``--run-dir`` (default ``runs/demo-teacher``) and an interrupted run resumes
 from there. The saved folder gets a README.md with the command and the measured recall.
@@ -18,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from ..models import CLIPConfig, SlimCLIP, TextConfig, VisionConfig, uniform_blocks
-from ..models.io import save_model
-from ..models.registry import DEMO_DIR
+from mope_deploy.models import CLIPConfig, SlimCLIP, TextConfig, VisionConfig, uniform_blocks
+from mope_deploy.models.io import save_model
+from mope_deploy.models.registry import DEMO_DIR
+from mope_deploy.vocab import TOWERS
 
 BPE_FILE = "bpe_10k.txt.gz"           # the first 10,000 merges of open_clip's BPE vocabulary
 VOCAB_SIZE = 512 + 10_000 + 2         # byte tokens (x2 with </w>) + merges + <start_of_text>, <end_of_text>
-FLICKR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "flickr8k-500"
 
 
 def demo_config() -> CLIPConfig:
@@ -38,23 +42,23 @@ def demo_config() -> CLIPConfig:
         preprocess={"size": 64, "mean": [0.48145466, 0.4578275, 0.40821073],
                     "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic", "resize_mode": "shortest"},
         tokenizer={"type": "bpe", "bpe_file": BPE_FILE, "context_length": ctx},
-        provenance={"source": "mope_deploy.data.train_demo", "data": "synthetic"},
+        provenance={"source": "benchmarks/train_demo.py", "data": "synthetic"},
     ).validate()
 
 
 def magnitude_student(model: SlimCLIP, keep: float = 0.5) -> SlimCLIP:
     """``model`` made ``1/keep``-times narrower without retraining: in every block the heads and FFN neurons
     with the largest weight magnitude (L1) are kept. The check that the demo task is hard enough."""
-    from ..importance.baselines import magnitude_scores
-    from ..pruning.apply import apply_plan
-    from ..pruning.plan import PruningPlan, TowerPlan
+    from mope_deploy.importance.baselines import magnitude_scores
+    from mope_deploy.pruning.apply import apply_plan
+    from mope_deploy.pruning.plan import PruningPlan, TowerPlan
 
     def top(scores: list[float]) -> list[int]:
         k = max(1, round(len(scores) * keep))
         return sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[:k])
 
     towers = {}
-    for tower in ("vision", "text"):
+    for tower in TOWERS:
         sc = magnitude_scores(model, tower)
         towers[tower] = TowerPlan(blocks=list(range(len(sc["head"]))), heads=[top(h) for h in sc["head"]],
                                   neurons=[top(n) for n in sc["neuron"]])
@@ -66,14 +70,13 @@ def magnitude_student(model: SlimCLIP, keep: float = 0.5) -> SlimCLIP:
 def measure(model: SlimCLIP, flickr: Path | None = None) -> dict:
     """Recall of ``model`` and of its 2x-narrower magnitude student on the synthetic val/test splits (and on
     flickr8k-500 when given)."""
-    from ..eval.retrieval import evaluate
-    from .datasets import load_dataset
-    from .synthetic import load_split
+    from mope_deploy.eval.retrieval import evaluate
+    from mope_deploy.data.datasets import load_dataset, load_synthetic
 
     student = magnitude_student(model)
     out: dict = {"teacher": {}, "student_2x_magnitude": {}}
     for split in ("val", "test"):
-        ds = load_split(split)
+        ds = load_synthetic(split)
         out["teacher"][f"synthetic:{split}"] = evaluate(model, ds, progress=False)
         out["student_2x_magnitude"][f"synthetic:{split}"] = evaluate(student, ds, progress=False)
     if flickr is not None and flickr.is_dir():
@@ -82,10 +85,9 @@ def measure(model: SlimCLIP, flickr: Path | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ..distill.trainer import TrainConfig, Trainer, synthetic_batches
-    from ..eval.retrieval import evaluate
-    from ..models.registry import load
-    from .synthetic import load_split
+    from mope_deploy.distill.trainer import TrainConfig, Trainer, synthetic_batches
+    from mope_deploy.eval.retrieval import evaluate
+    from mope_deploy.models.registry import load
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2000)
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--eval-every", type=int, default=200, help="recall on 100 val images every N steps")
     ap.add_argument("--run-dir", default="runs/demo-teacher")
     ap.add_argument("--out", default=str(DEMO_DIR))
-    ap.add_argument("--flickr", default=str(FLICKR), help="real-photo check (skipped when the folder is absent)")
+    ap.add_argument("--flickr", default=None, help="a Flickr-style captions folder for a real-photo check "
+                    "(skipped when not given)")
     ap.add_argument("--measure-only", action="store_true", help="only re-measure the model saved in --out")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -113,13 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
     model = SlimCLIP(demo_config())
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup, weight_decay=0.1, seed=args.seed,
                       log_every=10, checkpoint_every=100, eval_every=args.eval_every, out_dir=args.run_dir)
-    val = load_split("val", n_images=100)
+    val = load_synthetic("val", n_images=100)
     t0 = time.time()
     logs = Trainer(model, cfg, synthetic_batches(model, args.batch_size, seed=args.seed),
                    eval_fn=lambda m: evaluate(m, val, progress=False)).train()
     minutes = (time.time() - t0) / 60
     results = measure(model, flickr)
-    command = "python -m mope_deploy.data.train_demo " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/train_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
     model.config.provenance.update(command=command.strip(), steps=args.steps, batch_size=args.batch_size,
                                    final_loss=round(logs.get("loss", float("nan")), 4))
     readme = _readme(command.strip(), results, minutes)
@@ -156,7 +159,7 @@ Reproduce (from the repository root; deterministic given the seed, one thread an
 {command}
 ```
 
-Re-measure the shipped model: `python -m mope_deploy.data.train_demo --measure-only`.
+Re-measure the shipped model: `python benchmarks/train_demo.py --measure-only`.
 
 Retrieval (percent). The synthetic val/test images all contain a colour-shape pair never seen in training and
 come in families of 4 minimal pairs; chance R@1 is 0.2% on test (500 images), 0.4% on val (250).

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mope_deploy.distill import pipelines
-from mope_deploy.distill.pipelines import compose_plans, compress, dataset_pairs
-from mope_deploy.distill.recipe import parse_recipe
+from mope_deploy.compress import pipeline as pipelines
+from mope_deploy.compress.pipeline import compose_plans, compress, dataset_pairs
+from mope_deploy.compress.recipe import parse_recipe
 from mope_deploy.models import load_model, model_stats
 from mope_deploy.pruning.apply import apply_plan
 from mope_deploy.pruning.plan import PruningPlan

@@ -21,25 +21,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch.nn.functional as F
-
-from ..data.datasets import RetrievalDataset, load_dataset
+from ..atomic import atomic_write_text
+from ..data.datasets import DatasetError, RetrievalDataset, load_dataset
+from ..distill.kd import DistillationLoss, KDWeights, block_map, hidden_forward
+from ..distill.losses import ContrastiveLoss
+from ..distill.trainer import BEST, DataFn, Trainer, TrainConfig, clip_forward, pil_batches, synthetic_batches
+from ..errors import MopeError
 from ..eval.retrieval import encode_inputs, evaluate
 from ..importance import ScoreTable, score
-from ..atomic import atomic_write_text
-from ..models import SlimCLIP, load, load_model, model_stats, save_model
+from ..models import (ModelFileError, ModelNotFoundError, SlimCLIP, load, load_config, load_model, model_stats,
+                      save_model)
 from ..models.io import CONFIG_FILE, WEIGHTS_FILE
 from ..progress import progress_bar
 from ..pruning.apply import apply_plan
-from ..pruning.plan import PruningPlan, Target, TowerPlan, make_plan
-from .kd import DistillationLoss, KDWeights, block_map
-from .losses import ContrastiveLoss, Outputs
+from ..pruning.plan import PruningPlan, Target, TowerPlan, plan_for
+from ..vocab import TOWERS
 from .recipe import Recipe, TrainSpec
-from .trainer import BEST, Batch, DataFn, Trainer, TrainConfig, pil_batches, synthetic_batches
+from .runs import (FREE_FIELDS, KIND as RUN_KIND, REPORT_FIELDS, STATE, check_run_dir, clear_run, recipe_changes,
+                   resumable)
 
-STATE = "state.json"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 REPORT = "report.json"
 EVAL_KEYS = ("tr1", "tr5", "tr10", "ir1", "ir5", "ir10", "recall_mean")
+
+
+class CompressError(MopeError, ValueError):
+    """A run directory or recipe that this pipeline cannot continue with."""
 
 
 @dataclass
@@ -51,27 +58,36 @@ class RunState:
     recipe: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, out: Path, recipe: Recipe) -> "RunState":
-        path = out / STATE
-        if path.is_file():
-            data = json.loads(path.read_text())
-            if data["recipe"] != recipe.model_dump(mode="json"):
-                raise ValueError(f"{out} holds a run of a different recipe ({data['recipe'].get('name')!r}); "
-                                 "use a new --out, or delete the directory to start over")
-            return cls(path, data["done"], data["recipe"])
-        return cls(path, {}, recipe.model_dump(mode="json"))
+    def open(cls, out: Path, recipe: Recipe, restart: bool = False,
+             log: Callable[[str], None] = print) -> "RunState":
+        """The state of run folder ``out`` for ``recipe``: a new run when ``out`` is absent or empty (or with
+        ``restart``), else the recorded one. A recipe changed only in fields later stages read resumes
+        (:mod:`.runs`: the report stage runs again); any other change is refused, naming the fields."""
+        path, new = out / STATE, recipe.model_dump(mode="json")
+        data = check_run_dir(out)
+        if data is None or restart:
+            return cls(path, {}, new)
+        changes = recipe_changes(data["recipe"], new)
+        blocking, rerun_report = resumable(changes)
+        if blocking:
+            shown = ", ".join(blocking[:6]) + (f" and {len(blocking) - 6} more" if len(blocking) > 6 else "")
+            raise CompressError(f"{out} holds a run of a different recipe ({data['recipe'].get('name')!r}): {shown} "
+                                f"changed, which finished stages already used; use --restart to start over in "
+                                f"{out}, or a new --out (a change to only {', '.join(REPORT_FIELDS + FREE_FIELDS)} "
+                                "resumes)")
+        done = dict(data["done"])
+        if changes:
+            if rerun_report:
+                done.pop("report", None)
+            log(f"recipe changed: {', '.join(changes)}; the finished stages do not depend on "
+                f"{'these' if len(changes) > 1 else 'it'}, resuming" + (" (the report runs again)" if rerun_report
+                                                                        else ""))
+        return cls(path, done, new)
 
     def finish(self, stage: str, seconds: float) -> None:
         self.done[stage] = round(seconds, 2)
-        atomic_write_text(self.path, json.dumps({"recipe": self.recipe, "done": self.done}, indent=1))
-
-
-def hidden_forward(model: SlimCLIP, batch: Batch) -> Outputs:
-    """Forward pass that also returns every block's hidden states (for L_hidn)."""
-    img, hv = model.visual(batch["images"], return_hidden=True)
-    txt, ht = model.text(batch["tokens"], return_hidden=True)
-    return Outputs(image=F.normalize(img, dim=-1), text=F.normalize(txt, dim=-1), logit_scale=model.logit_scale.exp(),
-                   extra={"hidden": {"vision": hv, "text": ht}})
+        atomic_write_text(self.path, json.dumps({"kind": RUN_KIND, "recipe": self.recipe, "done": self.done},
+                                                indent=1))
 
 
 def dataset_pairs(dataset: RetrievalDataset, seed: int) -> Callable[[int], Iterator[tuple[Any, str]]]:
@@ -91,22 +107,37 @@ def dataset_pairs(dataset: RetrievalDataset, seed: int) -> Callable[[int], Itera
     return pairs
 
 
-def first_images(ds: RetrievalDataset, k: int) -> RetrievalDataset:
-    """The first ``k`` images of ``ds`` with all their captions (a smaller validation set for scoring)."""
-    caps = [c for c, i in enumerate(ds.txt2img) if i < k]
-    return RetrievalDataset(name=f"{ds.name}[:{k}]", images=ds.images[:k], captions=[ds.captions[c] for c in caps],
-                            txt2img=[ds.txt2img[c] for c in caps], report=ds.report,
-                            image_names=ds.image_names[:k] if ds.image_names else None)
-
-
 class Pipeline:
     """One `mope compress` run: a recipe, an output directory, and the stages between them."""
 
-    def __init__(self, recipe: Recipe, out: str | Path, progress: bool = True, log: Callable[[str], None] = print):
+    def __init__(self, recipe: Recipe, out: str | Path, progress: bool = True, log: Callable[[str], None] = print,
+                 restart: bool = False):
         self.recipe, self.out, self.progress, self.log = recipe, Path(out), progress, log
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.state = RunState.open(self.out, recipe)
+        self.restart = restart
+        self.state = RunState.open(self.out, recipe, restart=restart, log=log)  # refusals before any write
         self._datasets: dict[str, RetrievalDataset] = {}
+
+    def preflight(self) -> None:
+        """Every path the recipe names (data sets, image root, teacher, its checkpoint), checked before the first
+        stage runs: a missing test set must not be found only after hours of distillation."""
+        r, d = self.recipe, self.recipe.data
+        if d.image_root is not None and not Path(d.image_root).is_dir():
+            raise CompressError(f"data.image_root: {d.image_root} is not a folder; fix the recipe")
+        for which in ("train", "val", "test"):
+            spec = getattr(d, which)
+            if which == "train" and spec.split(":")[0] == "synthetic":
+                continue                    # generated on the fly while training
+            try:
+                self.dataset(which)         # loaded (and cached) now: format, columns and images are checked
+            except DatasetError as e:
+                raise CompressError(f"data.{which} ({spec}): {e}") from None
+        try:
+            load_config(r.teacher)
+        except (ModelNotFoundError, ModelFileError, FileNotFoundError) as e:
+            raise CompressError(f"teacher ({r.teacher}): {e}") from None
+        pre = r.pretrained
+        if pre and ("/" in pre or os.sep in pre or Path(pre).suffix in CHECKPOINT_SUFFIXES) and not Path(pre).is_file():
+            raise CompressError(f"pretrained: the teacher checkpoint {pre} is not a file; fix the recipe")
 
     # ----------------------------------------------------------------------------------- data and I/O
     def dataset(self, which: str) -> RetrievalDataset:
@@ -114,8 +145,8 @@ class Pipeline:
             d = self.recipe.data
             spec, split = getattr(d, which), getattr(d, f"{which}_split")
             ds = load_dataset(spec, split=split, image_root=d.image_root)
-            if which == "val" and d.val_max_images and len(ds.images) > d.val_max_images:
-                ds = first_images(ds, d.val_max_images)
+            if which == "val" and d.val_max_images:
+                ds = ds.head(d.val_max_images)
             self._datasets[which] = ds
         return self._datasets[which]
 
@@ -157,12 +188,20 @@ class Pipeline:
 
         return self._stage(f"score-{name}", run, lambda: ScoreTable.load(path))
 
-    def _prune(self, model: SlimCLIP, target: Target, width_table: ScoreTable | None,
-               depth_table: ScoreTable | None, name: str) -> tuple[SlimCLIP, PruningPlan]:
+    def _tables(self, model: SlimCLIP, towers: tuple[str, ...], targets: list[Target], name: str
+                ) -> dict[str, ScoreTable]:
+        """The score tables ``targets`` need, each scored once: the recipe's width method as ``name``, another
+        block-ranking method as ``name-depth``."""
+        methods = list(dict.fromkeys(m for t in targets for m in t.required_tables()))
+        return {m: self._score(model, towers, m, name if m == self.recipe.prune.method or len(methods) == 1
+                               else f"{name}-depth") for m in methods}
+
+    def _prune(self, model: SlimCLIP, target: Target, tables: dict[str, ScoreTable], name: str
+               ) -> tuple[SlimCLIP, PruningPlan]:
         plan_path = self.out / f"plan_{name}.json"
 
         def run() -> PruningPlan:
-            plan = make_plan(model.config, target, width_table, depth_table, teacher=self.recipe.teacher)
+            plan = plan_for(model.config, target, tables, teacher=self.recipe.teacher)
             plan.save(plan_path)
             return plan
 
@@ -191,8 +230,10 @@ class Pipeline:
 
     def _distill(self, student: SlimCLIP, teacher: SlimCLIP, towers: tuple[str, ...], spec: TrainSpec,
                  name: str) -> SlimCLIP:
+        self._check_sparsity(student.config)  # an n:m that cannot fit the student fails before training
+
         def run() -> SlimCLIP:
-            frozen = [t for t in ("vision", "text") if t not in towers]
+            frozen = [t for t in TOWERS if t not in towers]
             for t in frozen:  # fine-tuning stage: the other encoder stays exactly the teacher's
                 student.tower(t).requires_grad_(False)
             k = self.recipe.distill
@@ -205,7 +246,7 @@ class Pipeline:
             val = self.dataset("val")
             trainer = Trainer(student, self._train_config(spec, name), self._data(student, spec), loss=loss,
                               teacher=kd_teacher, forward=hidden_forward if k.enabled and k.gamma > 0 else
-                              _plain_forward,
+                              clip_forward,
                               eval_fn=lambda m: evaluate(m, val, progress=False), progress=self.progress)
             trainer.train(resume=True)
             best = Path(trainer.config.out_dir) / BEST
@@ -230,27 +271,73 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         """Run (or resume) the recipe's pipeline; returns the report (also written to ``report.json``)."""
         r = self.recipe
+        self.preflight()
+        if self.restart:
+            kept = clear_run(self.out)
+            if kept:
+                self.log(f"--restart: kept {', '.join(kept)} in {self.out} (not written by mope compress)")
+        self.out.mkdir(parents=True, exist_ok=True)
         teacher = load(r.teacher, pretrained=r.pretrained).eval()
         towers = tuple(r.towers)
         if r.stage == "pretraining":
             student, plan = self._pretraining(teacher, towers)
         else:
             student, plan = self._finetuning(teacher, towers[0])
-        return self._finish(teacher, student, plan)
+        dense = None
+        if r.sparsity is not None:  # weight sparsity on top of MoPE (mope_deploy.sparsity)
+            dense, student = student, self._sparsify(student)
+        return self._finish(teacher, student, plan, dense)
+
+    def _check_sparsity(self, config) -> None:
+        """The sparsity stage against the student's architecture, before any training is spent on it."""
+        if self.recipe.sparsity is not None:
+            from ..sparsity import SparsityError
+
+            try:
+                self.recipe.sparsity.spec().resolved(config)
+            except SparsityError as e:
+                raise CompressError(f"recipe sparsity stage: {e}") from None
+
+    def _sparsify(self, student: SlimCLIP) -> SlimCLIP:
+        """Sparsify the distilled student on ``data.train`` calibration pairs; recover with SparseLoRA if asked."""
+        import copy
+
+        from ..sparsity import RecoverSpec, calibration_from_dataset, recover, sparsify
+
+        sp = self.recipe.sparsity
+        self._check_sparsity(student.config)
+
+        def run_sparsify() -> SlimCLIP:
+            sparse = copy.deepcopy(student)
+            calib = calibration_from_dataset(sparse, self.dataset("train"), n_samples=sp.samples)
+            sparsify(sparse, sp.spec(), calib, progress=self.progress)
+            self._save_model(sparse, "sparse")
+            return sparse
+
+        sparse = self._stage("sparsify", run_sparsify, lambda: self._load_model("sparse"))
+        if sp.recover is None:
+            return sparse
+
+        def run_recover() -> SlimCLIP:
+            rspec = RecoverSpec(rank=sp.lora_rank, kd=sp.kd, steps=sp.recover_steps, batch_size=sp.recover_batch,
+                                lr=sp.lr, seed=self.recipe.train.seed)
+            data = self._data(student, TrainSpec(batch_size=sp.recover_batch, seed=self.recipe.train.seed))
+            merged = recover(copy.deepcopy(student), sparse, data, rspec,
+                             out_dir=str(self.out / "stages" / "train-sparselora"), progress=self.progress)
+            self._save_model(merged, "sparse-recovered")
+            return merged
+
+        return self._stage("recover-sparselora", run_recover, lambda: self._load_model("sparse-recovered"))
 
     def _target(self, tower: str, width: bool, depth: bool) -> Target:
         return recipe_target(self.recipe, tower, width, depth)
 
     def _pretraining(self, teacher: SlimCLIP, towers: tuple[str, ...]) -> tuple[SlimCLIP, PruningPlan]:
-        p = self.recipe.prune
-        width_table = self._score(teacher, towers, p.method, "teacher")
-        depth_table = width_table
-        if p.depth_method in ("mope", "gradient") and p.depth_method != p.method:
-            depth_table = self._score(teacher, towers, p.depth_method, "teacher-depth")
+        tables = self._tables(teacher, towers, [self._target(t, True, True) for t in towers], "teacher")
         plan_path = self.out / "plan_teacher.json"
 
         def make() -> PruningPlan:
-            plan = pretraining_plan(self.recipe, teacher.config, width_table, depth_table)
+            plan = pretraining_plan(self.recipe, teacher.config, tables)
             plan.save(plan_path)
             return plan
 
@@ -263,7 +350,7 @@ class Pipeline:
         p, r = self.recipe.prune, self.recipe
         tt = getattr(p, tower)
         if not (tt.width or tt.depth):
-            raise ValueError(f"prune.{tower} sets neither width nor depth: nothing to compress")
+            raise CompressError(f"prune.{tower} sets neither width nor depth: nothing to compress")
         if p.order == "joint" or not (tt.width and tt.depth):
             return self._one_shot(teacher, tower, r.train, "width-depth" if tt.width and tt.depth else
                                   ("width" if tt.width else "depth"))
@@ -271,29 +358,22 @@ class Pipeline:
         student, plan = teacher, None
         for i, step in enumerate(steps):
             spec = r.train if i == 0 else (r.depth_train or r.train)
-            table = self._score(student, (tower,), p.method if step == "width" else p.depth_method, step) \
-                if step == "width" or p.depth_method in ("mope", "gradient") else None
             target = self._target(tower, width=step == "width", depth=step == "depth")
-            pruned, step_plan = self._prune(student, target, table if step == "width" else None,
-                                            table if step == "depth" else None, step)
+            tables = {m: self._score(student, (tower,), m, step) for m in target.required_tables()}
+            pruned, step_plan = self._prune(student, target, tables, step)
             plan = step_plan if plan is None else compose_plans(plan, step_plan)
             student = self._distill(pruned, teacher, (tower,), spec, step)
         return student, plan
 
     def _one_shot(self, teacher: SlimCLIP, tower: str, spec: TrainSpec, name: str) -> tuple[SlimCLIP, PruningPlan]:
         """Score the teacher once, prune width and/or depth together, distil once."""
-        p = self.recipe.prune
-        tt = getattr(p, tower)
-        width_table = self._score(teacher, (tower,), p.method, "teacher") if tt.width else None
-        depth_table = None
-        if tt.depth and p.depth_method in ("mope", "gradient"):
-            depth_table = width_table if (width_table is not None and p.depth_method == p.method) else \
-                self._score(teacher, (tower,), p.depth_method, "teacher-depth")
-        student, plan = self._prune(teacher, self._target(tower, width=True, depth=True), width_table, depth_table,
-                                    name)
+        target = self._target(tower, width=True, depth=True)
+        tables = self._tables(teacher, (tower,), [target], "teacher")
+        student, plan = self._prune(teacher, target, tables, name)
         return self._distill(student, teacher, (tower,), spec, name), plan
 
-    def _finish(self, teacher: SlimCLIP, student: SlimCLIP, plan: PruningPlan) -> dict[str, Any]:
+    def _finish(self, teacher: SlimCLIP, student: SlimCLIP, plan: PruningPlan,
+                dense_student: SlimCLIP | None = None) -> dict[str, Any]:
         def run() -> dict[str, Any]:
             test = self.dataset("test")
             report = {"recipe": self.recipe.name, "teacher": _summary(teacher, evaluate(teacher, test,
@@ -301,6 +381,15 @@ class Pipeline:
                       "student": _summary(student, evaluate(student, test, progress=self.progress)),
                       "test_data": f"{self.recipe.data.test}:{self.recipe.data.test_split}",
                       "plan_hash": plan.hash()}
+            if dense_student is not None:  # the sparsity stage: the student before it, and what it did
+                from ..sparsity import sparsity_report
+
+                report["student_dense"] = _summary(dense_student, evaluate(dense_student, test,
+                                                                           progress=self.progress))
+                rep = sparsity_report(student)
+                report["sparsity"] = {"pattern": rep["pattern"], "sparsity": rep["sparsity"],
+                                      "towers": {t: {k: v for k, v in rep["towers"][t].items() if k != "zeros"}
+                                                 for t in TOWERS}, **student.config.sparsity}
             plan.save(self.out / "plan.json")
             _write_model_files(student, self.out)
             report["stages"] = {**self.state.done}
@@ -318,15 +407,15 @@ def recipe_target(recipe: Recipe, tower: str, width: bool = True, depth: bool = 
     p = recipe.prune
     t = getattr(p, tower)
     return Target(tower=tower, width=t.width if width else None, depth=t.depth if depth else None,
-                  depth_method=p.depth_method, allocation=p.allocation, mlp_ratio=t.mlp_ratio)
+                  depth_method=p.depth_method, allocation=p.allocation, mlp_ratio=t.mlp_ratio, method=p.method)
 
 
-def pretraining_plan(recipe: Recipe, config, width_table: ScoreTable | None,
-                     depth_table: ScoreTable | None) -> PruningPlan:
-    """Width and depth of every pruned tower at once (one plan per tower, since widths may differ, merged)."""
+def pretraining_plan(recipe: Recipe, config, tables: dict[str, ScoreTable]) -> PruningPlan:
+    """Width and depth of every pruned tower at once (one plan per tower, since widths may differ, merged);
+    ``tables``: score tables by method (see :meth:`Target.required_tables`)."""
     plan = None
     for t in recipe.towers:
-        tp = make_plan(config, recipe_target(recipe, t), width_table, depth_table, teacher=recipe.teacher)
+        tp = plan_for(config, recipe_target(recipe, t), tables, teacher=recipe.teacher)
         plan = tp if plan is None else _merge(plan, tp, t)
     return plan
 
@@ -334,18 +423,13 @@ def pretraining_plan(recipe: Recipe, config, width_table: ScoreTable | None,
 def compose_plans(first: PruningPlan, second: PruningPlan) -> PruningPlan:
     """The plan on ``first``'s teacher equivalent to applying ``first`` and then ``second`` (made on its result)."""
     towers = {}
-    for name in ("vision", "text"):
+    for name in TOWERS:
         a, b = first.tower(name), second.tower(name)
         towers[name] = TowerPlan(blocks=[a.blocks[i] for i in b.blocks],
                                  heads=[[a.heads[i][h] for h in hs] for i, hs in zip(b.blocks, b.heads)],
                                  neurons=[[a.neurons[i][n] for n in ns] for i, ns in zip(b.blocks, b.neurons)])
     return PruningPlan(teacher_arch_hash=first.teacher_arch_hash, teacher=first.teacher,
                        info={"steps": [first.info, second.info]}, **towers)
-
-
-def _plain_forward(model: SlimCLIP, batch: Batch) -> Outputs:
-    img, txt, scale = model(batch["images"], batch["tokens"])[:3]
-    return Outputs(image=img, text=txt, logit_scale=scale)
 
 
 def _merge(plan: PruningPlan, other: PruningPlan, tower: str) -> PruningPlan:
@@ -357,8 +441,7 @@ def _merge(plan: PruningPlan, other: PruningPlan, tower: str) -> PruningPlan:
 def _summary(model: SlimCLIP, metrics: dict[str, Any]) -> dict[str, Any]:
     s = model_stats(model.config)
     return {"params": s["params"], "params_total": s["params_total"], "gflops": s["gflops"],
-            "towers": {t: {k: s[t][k] for k in ("params", "params_total", "gflops", "depth")} for t in
-                       ("vision", "text")},
+            "towers": {t: {k: s[t][k] for k in ("params", "params_total", "gflops", "depth")} for t in TOWERS},
             **{k: metrics[k] for k in EVAL_KEYS}, "n_images": metrics.get("n_images"),
             "n_captions": metrics.get("n_captions")}
 
@@ -373,7 +456,10 @@ def _write_model_files(model: SlimCLIP, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def compress(recipe: Recipe, out: str | Path, progress: bool = True, log: Callable[[str], None] = print
-             ) -> dict[str, Any]:
-    """Run a compression recipe into ``out`` (resuming if ``out`` holds an interrupted run of it)."""
-    return Pipeline(recipe, out, progress=progress, log=log).run()
+def compress(recipe: Recipe, out: str | Path, progress: bool = True, log: Callable[[str], None] = print,
+             restart: bool = False) -> dict[str, Any]:
+    """Run a compression recipe into ``out`` (resuming if ``out`` holds an interrupted run of it).
+
+    ``out`` must be absent, empty or a mope run folder (:func:`.runs.check_run_dir`); ``restart`` first deletes
+    what an earlier run wrote there (:func:`.runs.clear_run`), after every path of the recipe was checked."""
+    return Pipeline(recipe, out, progress=progress, log=log, restart=restart).run()

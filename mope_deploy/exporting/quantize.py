@@ -1,0 +1,237 @@
+"""int8 ONNX graphs for the CPU (and a static QDQ graph for TensorRT), with a measured fp32 fallback list.
+
+- :func:`quantize_dynamic_int8`: int8 weights (per channel), activations quantised per call. On a fused graph
+  (:mod:`.ort_fused`) each ``com.microsoft::Attention`` becomes ``QAttention``, so the attention's QKV GEMM is
+  int8 too; on a plain graph only the weight MatMuls/Gemms are.
+- :func:`quantize_static_qdq`: QuantizeLinear/DequantizeLinear pairs with scales calibrated on real batches,
+  standard ONNX ops only (TensorRT's explicit-precision int8 reads them; ORT fuses them into int8 kernels).
+  By default every MatMul is quantised, the attention's ``QK^T`` and ``softmax(.)V`` included.
+- :func:`sensitivity` / :func:`pick_fp32_nodes`: quantise everything, then once per candidate node with that
+  node left in fp32, and rank nodes by how much leaving them out restores the embeddings (cosine vs fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+#: ops whose weights are quantised by default; Conv (the patch embedding) and Gather (token table) stay fp32:
+#: a small share of the time, and int8 there costs accuracy for nothing on CPU
+DYNAMIC_OPS = ("MatMul", "Gemm")
+STATIC_OPS = ("MatMul", "Gemm")
+CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _has_external_data(path: Path) -> bool:
+    return any(Path(path).parent.glob(Path(path).name + ".data"))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantiser logs a generic "consider pre-processing" warning on every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_dynamic_int8(src: str | Path, dst: str | Path, attention: bool = True, per_channel: bool = True,
+                          exclude_nodes: Sequence[str] = (), op_types: Sequence[str] = DYNAMIC_OPS) -> dict[str, Any]:
+    """Dynamic int8 (``onnxruntime.quantization.quantize_dynamic``): signed int8 weights, per output channel.
+
+    ``attention``: also quantise ``com.microsoft::Attention`` nodes into ``QAttention``. ``exclude_nodes``:
+    node names kept in fp32 (see :func:`sensitivity`). Returns what was done, for the manifest.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ops = list(op_types) + (["Attention"] if attention else [])
+    with _quiet():
+        # QInt8 weights use the VNNI/AMX integer kernels of x86 CPUs
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=ops,
+                         per_channel=per_channel, nodes_to_exclude=list(exclude_nodes),
+                         use_external_data_format=_has_external_data(Path(src)),
+                         # fused contrib ops defeat ONNX shape inference: their outputs are fp32
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
+            "per_channel": per_channel, "op_types": ops, "fp32_nodes": list(exclude_nodes)}
+
+
+def _reader_base():
+    from onnxruntime.quantization import CalibrationDataReader
+
+    return CalibrationDataReader
+
+
+class BatchReader(_reader_base()):
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over a list of input batches for a one-input graph."""
+
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]):
+        self.input_name = input_name
+        self.batches = [np.ascontiguousarray(b) for b in batches]
+        if not self.batches:
+            raise ValueError("no calibration batches: give at least one batch of real inputs (--eval-data)")
+        self._it = iter(self.batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        b = next(self._it, None)
+        return None if b is None else {self.input_name: b}
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    names = [i.name for i in m.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise ValueError(f"{path}: expected a graph with one input, found {names}")
+    return names[0]
+
+
+def quantize_static_qdq(onnx_in: str | Path, onnx_out: str | Path, calibration_batches: Iterable[np.ndarray],
+                        per_channel: bool = True, exclude_nodes: Sequence[str] = (),
+                        op_types: Sequence[str] = STATIC_OPS, calibrate_method: str = "minmax",
+                        symmetric_activations: bool = True, activation_type: str = "int8") -> dict[str, Any]:
+    """Static int8 in QDQ format: ``quantize_static_qdq(onnx_in, onnx_out, calibration_batches,
+    per_channel=True, exclude_nodes=(), op_types=("MatMul", "Gemm"), calibrate_method="minmax",
+    symmetric_activations=True, activation_type="int8") -> dict``.
+
+    ``calibration_batches``: input arrays for the graph's single input (e.g. preprocessed eval images
+    [B,3,S,S] float32, or int32 token rows), each run as one batch to collect activation ranges.
+    ``exclude_nodes``: node names kept fp32. Weights are symmetric int8 (per output channel when
+    ``per_channel``); activations int8 and symmetric by default, the form TensorRT requires
+    (``activation_type="uint8"`` with asymmetric activations suits ORT's CPU kernels). Only standard ONNX ops are
+    added (QuantizeLinear/DequantizeLinear), so a plain graph stays portable; contrib ops in ``onnx_in`` are left
+    as they are. Returns what was done, for the manifest.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
+    if calibrate_method not in CALIBRATE_METHODS:
+        raise ValueError(f"unknown calibrate_method {calibrate_method!r}: use one of {', '.join(CALIBRATE_METHODS)}")
+    if activation_type not in ("int8", "uint8"):
+        raise ValueError(f"activation_type must be 'int8' or 'uint8', got {activation_type!r}")
+    reader = BatchReader(_input_name(onnx_in), calibration_batches)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[calibrate_method]
+    act = QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8
+    with _quiet():  # ORT calibrates on an augmented copy of the model in its own temporary folder
+        quantize_static(str(onnx_in), str(onnx_out), reader, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(op_types), per_channel=per_channel,
+                        nodes_to_exclude=list(exclude_nodes), activation_type=act, weight_type=QuantType.QInt8,
+                        calibrate_method=method, use_external_data_format=_has_external_data(onnx_in),
+                        calibration_providers=["CPUExecutionProvider"],
+                        extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True,
+                                       "CalibTensorRangeSymmetric": symmetric_activations,
+                                       "CalibMovingAverage": False})
+    return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": per_channel,
+            "op_types": list(op_types), "calibrate_method": calibrate_method, "calibration_batches": len(reader),
+            "activation_type": activation_type, "symmetric_activations": symmetric_activations,
+            "fp32_nodes": list(exclude_nodes)}
+
+
+def calibration_batches(x: np.ndarray, batch: int = 8, limit: int = 64) -> list[np.ndarray]:
+    """The first ``limit`` rows of ``x`` in batches of ``batch`` (calibration and sensitivity inputs)."""
+    if batch < 1 or limit < 1:
+        raise ValueError(f"batch and limit must be >= 1, got {batch}, {limit}")
+    x = x[:limit]
+    return [np.ascontiguousarray(x[i:i + batch]) for i in range(0, len(x), batch)]
+
+
+def quantizable_nodes(path: str | Path, op_types: Sequence[str] = DYNAMIC_OPS + ("Attention",),
+                      weights_only: bool = True) -> list[str]:
+    """Names of the nodes a quantiser would touch: ``op_types`` nodes, and with ``weights_only`` only those
+    whose second input is an initializer (the GEMMs with weights, not the attention's activation MatMuls)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    out = []
+    for n in m.graph.node:
+        if n.op_type not in op_types:
+            continue
+        if weights_only and not (len(n.input) > 1 and n.input[1] in inits):
+            continue
+        if not n.name:
+            raise ValueError(f"{path}: a {n.op_type} node has no name; name every node before a sensitivity pass")
+        out.append(n.name)
+    return out
+
+
+def _embed(path: Path, batches: Sequence[np.ndarray], threads: int | None) -> np.ndarray:
+    from .onnx import ort_session
+
+    s = ort_session(path, threads=threads)
+    name = s.get_inputs()[0].name
+    out = np.concatenate([s.run(None, {name: b})[0] for b in batches]).astype(np.float64)
+    return out / (np.linalg.norm(out, axis=-1, keepdims=True) + 1e-30)
+
+
+def cosine_stats(ref: np.ndarray, new: np.ndarray) -> dict[str, float]:
+    """Mean and min cosine similarity of matching rows of two L2-normalised embedding matrices."""
+    cos = (ref * new).sum(-1)
+    return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
+
+
+def sensitivity(fp32_path: str | Path, quantize: Callable[[Path, Path, Sequence[str]], Any],
+                batches: Sequence[np.ndarray], candidates: Sequence[str] | None = None, threads: int | None = 1,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure, for each candidate node, how much of the int8 error goes away when that node stays fp32.
+
+    ``quantize(src, dst, exclude_nodes)`` makes the int8 graph (e.g. ``lambda s, d, ex:
+    quantize_dynamic_int8(s, d, exclude_nodes=ex)``). The metric is the cosine similarity of the
+    embeddings on ``batches`` vs the fp32 graph. Returns ``{"all_int8": stats, "nodes": [{"node",
+    "mean_cosine", "min_cosine", "gain"}...]}`` sorted by ``gain`` (mean-cosine improvement), largest first.
+    """
+    fp32_path = Path(fp32_path)
+    candidates = list(candidates) if candidates is not None else quantizable_nodes(fp32_path)
+    ref = _embed(fp32_path, batches, threads)
+    with tempfile.TemporaryDirectory(prefix="mope-sens-") as tmp:
+        tmp = Path(tmp)
+        # quantisers write external weights beside the graph under its name: one folder per trial
+        def trial(exclude: Sequence[str], tag: str) -> dict[str, float]:
+            d = tmp / tag
+            d.mkdir()
+            dst = d / fp32_path.name
+            quantize(fp32_path, dst, list(exclude))
+            stats = cosine_stats(ref, _embed(dst, batches, threads))
+            shutil.rmtree(d)
+            return stats
+
+        base = trial([], "all")
+        rows = []
+        for i, node in enumerate(candidates):
+            if progress:
+                progress(f"sensitivity {i + 1}/{len(candidates)}: {node}")
+            s = trial([node], f"n{i}")
+            rows.append({"node": node, **s, "gain": s["mean_cosine"] - base["mean_cosine"]})
+    rows.sort(key=lambda r: r["gain"], reverse=True)
+    return {"all_int8": base, "nodes": rows, "metric": "cosine vs fp32 embeddings", "n_inputs": int(len(ref))}
+
+
+def pick_fp32_nodes(report: dict[str, Any], max_nodes: int = 3, min_gain: float = 0.0) -> list[str]:
+    """The at most ``max_nodes`` nodes whose exclusion helped most (gain above ``min_gain``)."""
+    if max_nodes < 0:
+        raise ValueError(f"max_nodes must be >= 0, got {max_nodes}")
+    return [r["node"] for r in report["nodes"][:max_nodes] if r["gain"] > min_gain]
+
+
+__all__ = ["quantize_dynamic_int8", "quantize_static_qdq", "BatchReader", "calibration_batches", "quantizable_nodes",
+           "sensitivity",
+           "pick_fp32_nodes", "cosine_stats"]

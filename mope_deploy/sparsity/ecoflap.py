@@ -1,0 +1,211 @@
+"""ECoFLaP's coarse step (seed 003): global block scores from the contrastive loss, turned into per-block sparsity.
+
+Scores (one scalar per weight matrix, summed per block):
+- ``zeroth``: for every calibration batch and every prunable matrix ``W``, one seeded noise ``z ~ N(0, I)``;
+  the loss at ``W + eps z`` and ``W - eps z`` (eps 1e-3) gives the directional derivative
+  ``g = (L+ - L-) / (2 eps)``; ``|g|`` is accumulated. Forward passes only, and cheap ones: perturbing a
+  matrix of block ``l`` leaves blocks ``< l`` and the other tower unchanged, so block inputs are cached and only
+  blocks ``l..L-1`` re-run. Batches are independent: under ``torchrun`` they are dealt out to ranks and the
+  per-matrix sums gathered; ``z`` is seeded by (seed, batch, matrix), so the result does not depend on the
+  number of ranks.
+- ``first``: ``sum |W * dL/dW|`` with the gradient summed over the calibration batches (needs backward).
+
+Allocation (unstructured): every block first keeps ``ceil(N_b (1 - max_sparsity))`` weights; the rest of the
+global keep budget is handed out in proportion to ``score_b / sum(score)`` over the blocks not yet full, capping
+at ``N_b`` and repeating with what the capped blocks could not take; the total is exact.
+
+n:m (ours; ECoFLaP's code ignores its per-block ratios there): an n:m block has a fixed sparsity ``1 - n/m``, so
+the only freedom a global budget has is *which* blocks are n:m and which stay dense. Blocks are made n:m in
+order of increasing score per weight (least important first) until the global sparsity reaches the target.
+Dense and 2:4 layers mix freely in TensorRT (sparsity is chosen per layer), so this loses no speed on the
+layers that are sparse and keeps the most loss-sensitive blocks exact. At ``sparsity = 1 - n/m`` every block
+is n:m (ECoFLaP then equals its local method).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import distributed as D
+from ..distill.losses import info_nce
+from ..vocab import TOWERS
+from .calibration import Calibration
+from .layers import block_linears
+from .patterns import Pattern, SparsityError, keep_count
+
+Key = tuple[str, int, str]  # (tower, block, linear name)
+
+
+def _z(weight: torch.Tensor, seed: int, batch: int, tower: str, block: int, lin: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(
+        (seed * 1_000_003 + batch * 10_007 + (0 if tower == "vision" else 5_003) + block * 67 + lin) % (2 ** 63))
+    return torch.randn(weight.shape, generator=g, dtype=torch.float32).to(weight.device, weight.dtype)
+
+
+def _my_batches(n_batches: int) -> list[int]:
+    rank, world = D.rank_world()
+    return [b for b in range(n_batches) if b % world == rank]
+
+
+def _reduce(local: dict[Key, float]) -> dict[Key, float]:
+    total: dict[Key, float] = {}
+    for part in D.gather_objects(local):
+        for k, v in part.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+@torch.no_grad()
+def zeroth_order_scores(model, calib: Calibration, towers=TOWERS, batch_size: int = 32,
+                        eps: float = 1e-3, seed: int = 0, advance: Callable[[int], None] | None = None
+                        ) -> dict[Key, float]:
+    """Per prunable matrix: ``sum over batches |L(W + eps z) - L(W - eps z)| / (2 eps)`` (see module doc)."""
+    model.eval()
+    p = next(model.parameters())
+    scale = model.logit_scale.exp()
+    local: dict[Key, float] = {}
+    batches = calib.batches(batch_size)
+    for b in _my_batches(len(batches)):
+        images, tokens = batches[b][0].to(p.device, p.dtype), batches[b][1].to(p.device)
+        if images.shape[0] < 2:
+            continue  # a contrastive loss needs at least two pairs
+        emb = {"vision": model.encode_image(images, normalize=True), "text": model.encode_text(tokens, normalize=True)}
+        for t in towers:
+            tower, inputs = model.tower(t), (images if t == "vision" else tokens)
+            other = emb["text" if t == "vision" else "vision"]
+
+            def loss_from(x: torch.Tensor, start: int) -> float:
+                e = F.normalize(tower.head(tower.run_blocks(x, start=start), inputs), dim=-1)
+                img, txt = (e, other) if t == "vision" else (other, e)
+                dt = torch.promote_types(e.dtype, torch.float32)  # half-precision losses are too coarse
+                return float(info_nce(img.to(dt), txt.to(dt), scale.to(dt)))
+
+            x = tower.embed(inputs)
+            for l, blk in enumerate(tower.blocks):
+                for j, (name, lin) in enumerate(block_linears(blk).items()):
+                    w = lin.weight
+                    orig = w.detach().clone()
+                    z = _z(w, seed, b, t, l, j)
+                    w.add_(z, alpha=eps)
+                    lp = loss_from(x, l)
+                    w.copy_(orig).add_(z, alpha=-eps)
+                    lm = loss_from(x, l)
+                    w.copy_(orig)
+                    local[(t, l, name)] = local.get((t, l, name), 0.0) + abs(lp - lm) / (2 * eps)
+                x = tower.run_blocks(x, start=l, end=l + 1)
+        if advance is not None:
+            advance(1)
+    return _reduce(local)
+
+
+def first_order_scores(model, calib: Calibration, towers=TOWERS, batch_size: int = 32,
+                       advance: Callable[[int], None] | None = None) -> dict[Key, float]:
+    """Per prunable matrix: ``sum |W * G|``, ``G`` the contrastive-loss gradient summed over the batches."""
+    model.eval()
+    p = next(model.parameters())
+    flags = {n: q.requires_grad for n, q in model.named_parameters()}
+    mats = {(t, l, n): lin for t in towers for l, blk in enumerate(model.tower(t).blocks)
+            for n, lin in block_linears(blk).items()}
+    try:
+        model.requires_grad_(False)
+        for lin in mats.values():
+            lin.weight.requires_grad_(True)
+            lin.weight.grad = None
+        batches = calib.batches(batch_size)
+        for b in _my_batches(len(batches)):
+            images, tokens = batches[b][0].to(p.device, p.dtype), batches[b][1].to(p.device)
+            if images.shape[0] < 2:
+                continue
+            img, txt, scale = model(images, tokens)[:3]
+            info_nce(img, txt, scale).backward()
+            if advance is not None:
+                advance(1)
+        world = D.rank_world()[1]
+        if world > 1:  # |W * G| needs the gradient summed over all batches: sum it over ranks first
+            weights = [lin.weight for lin in mats.values()]
+            for w in weights:
+                if w.grad is None:
+                    w.grad = torch.zeros_like(w)
+            D.average_gradients(weights)
+            for w in weights:
+                w.grad.mul_(world)
+        return {k: float((lin.weight.detach() * lin.weight.grad).abs().sum()) if lin.weight.grad is not None
+                else 0.0 for k, lin in mats.items()}
+    finally:
+        for lin in mats.values():
+            lin.weight.grad = None
+        for n, q in model.named_parameters():
+            q.requires_grad_(flags[n])
+
+
+def block_scores(scores: dict[Key, float]) -> dict[tuple[str, int], float]:
+    """Sum of the matrix scores of each block."""
+    out: dict[tuple[str, int], float] = {}
+    for (t, l, _), v in scores.items():
+        out[(t, l)] = out.get((t, l), 0.0) + v
+    return out
+
+
+def allocate_keep(numels: list[int], scores: list[float], sparsity: float, max_sparsity: float) -> list[int]:
+    """Weights each block keeps: exactly ``total - round(sparsity * total)`` in all, each block between
+    ``ceil(N_b (1 - max_sparsity))`` and ``N_b``, the part above the floor shared by score (see module doc)."""
+    if len(numels) != len(scores):
+        raise ValueError("one score per block is needed")
+    if max_sparsity < sparsity:
+        raise SparsityError(f"--max-block-sparsity {max_sparsity} is below the target sparsity {sparsity}: no block "
+                            "could be pruned enough; raise it to at least the target")
+    total = sum(numels)
+    budget = total - int(round(sparsity * total))
+    keep = [float(keep_count(n, max_sparsity)) for n in numels]
+    # ceil() can overshoot the budget by < 1 weight per block when max_sparsity == sparsity: give it back.
+    over = int(sum(keep)) - budget
+    for i in sorted(range(len(keep)), key=lambda i: -numels[i]):
+        if over <= 0:
+            break
+        if keep[i] > 0:
+            keep[i] -= 1
+            over -= 1
+    s = [max(0.0, float(v)) for v in scores]
+    for _ in range(len(numels) + 1):
+        rest = budget - sum(keep)
+        active = [i for i, n in enumerate(numels) if keep[i] < n]
+        if rest <= 1e-9 or not active:
+            break
+        weight = [s[i] for i in active]
+        if sum(weight) <= 0:  # no signal left: share by remaining room
+            weight = [numels[i] - keep[i] for i in active]
+        tot = sum(weight)
+        for i, wgt in zip(active, weight):
+            keep[i] = min(float(numels[i]), keep[i] + rest * wgt / tot)
+    ints = [int(math.floor(k + 1e-9)) for k in keep]
+    short = budget - sum(ints)
+    for i in sorted(range(len(keep)), key=lambda i: keep[i] - ints[i], reverse=True):
+        if short <= 0:
+            break
+        if ints[i] < numels[i]:
+            ints[i] += 1
+            short -= 1
+    return ints
+
+
+def allocate_nm(numels: list[int], scores: list[float], sparsity: float, pattern: Pattern) -> list[bool]:
+    """Which blocks become n:m (True) and which stay dense, least important per weight first, until the global
+    sparsity (zeros / total) reaches ``sparsity`` (see module doc)."""
+    if sparsity > pattern.sparsity + 1e-9:
+        raise SparsityError(f"{pattern} prunes {pattern.sparsity:.0%} of a block; a global target of {sparsity:.0%} "
+                            f"cannot be reached with it: lower --sparsity to at most {pattern.sparsity}")
+    total = sum(numels)
+    order = sorted(range(len(numels)), key=lambda i: (scores[i] / numels[i] if numels[i] else math.inf, i))
+    sparse = [False] * len(numels)
+    zeros = 0.0
+    for i in order:
+        if zeros >= sparsity * total - 1e-9:
+            break
+        if numels[i]:
+            sparse[i] = True
+            zeros += numels[i] * pattern.sparsity
+    return sparse

@@ -1,0 +1,224 @@
+"""``sparsify``: one entry point for every method, with the request checked before any work.
+
+    from mope_deploy.sparsity import SparsifySpec, sparsify, calibration_from_dataset
+    calib = calibration_from_dataset(model, load_dataset("synthetic", split="train"), n_samples=128)
+    report = sparsify(model, SparsifySpec(method="ecoflap", sparsity=0.5, max_block_sparsity=0.6), calib)
+    model.save("out/")                      # a normal model directory; zeros in the weights
+
+Methods: ``magnitude`` (|W|, per layer), ``global-magnitude`` (|W|, one threshold over all prunable weights),
+``wanda`` (|W_ij| * ||X_j||_2 within each output row), ``sparsegpt`` (OBS prune + update, see
+:mod:`.sparsegpt`), ``ecoflap`` (global block allocation from zeroth- or first-order scores, then Wanda inside
+each block, see :mod:`.ecoflap`). Patterns: ``unstructured``, ``n:m``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..progress import progress_bar
+from ..vocab import SPARSITY_METHODS, SPARSITY_SCORES
+from .calibration import Calibration, blockwise
+from .ecoflap import allocate_keep, allocate_nm, block_scores, first_order_scores, zeroth_order_scores
+from .layers import TOWERS, block_linears, prunable, sparsity_report
+from .patterns import Pattern, SparsityError, layer_mask, nm_mask, parse_pattern, row_mask
+from .sparsegpt import sparsegpt_prune
+
+METHODS = SPARSITY_METHODS
+NEEDS_DATA = ("wanda", "sparsegpt", "ecoflap")
+SCORES = SPARSITY_SCORES
+
+
+@dataclass
+class SparsifySpec:
+    """What to prune and how (plain data; recorded in the model config)."""
+
+    method: str = "wanda"
+    sparsity: float | None = None          # fraction of prunable weights set to 0; n:m alone implies 1 - n/m
+    pattern: str = "unstructured"
+    max_block_sparsity: float | None = None  # ecoflap: cap per block (default target + 0.1)
+    scores: str = "zeroth"                 # ecoflap: zeroth | first
+    towers: tuple[str, ...] = TOWERS
+    samples: int = 128                     # calibration pairs
+    batch_size: int = 32
+    damp: float = 0.01                     # sparsegpt
+    blocksize: int = 128                   # sparsegpt
+    eps: float = 1e-3                      # ecoflap zeroth-order step
+    seed: int = 0
+
+    def resolved(self, config=None) -> tuple[Pattern, float, float | None]:
+        """Check the request (against a model config when given); ``(pattern, sparsity, max_block_sparsity)``.
+
+        Every user error is raised here, before any calibration or pruning work. Without ``config`` the checks
+        that need the architecture (n:m dividing every input width, something to prune) are skipped."""
+        if self.method not in METHODS:
+            raise SparsityError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        pattern = parse_pattern(self.pattern)
+        towers = tuple(self.towers)
+        if not towers or any(t not in TOWERS for t in towers):
+            raise SparsityError(f"towers must be a non-empty subset of {TOWERS}, got {towers}")
+        s = self.sparsity
+        if s is None:
+            if not pattern.structured:
+                raise SparsityError("give --sparsity (e.g. 0.5) for unstructured sparsity")
+            s = pattern.sparsity
+        if not isinstance(s, (int, float)) or not 0 <= s < 1:
+            raise SparsityError(f"--sparsity must be in [0, 1), got {s!r} (0.5 = half of the weights set to zero)")
+        if pattern.structured:
+            if self.method == "global-magnitude":
+                raise SparsityError(f"global-magnitude makes one threshold over all weights and cannot make {pattern}; "
+                                    f"use magnitude, wanda, sparsegpt or ecoflap for n:m")
+            if self.method != "ecoflap" and abs(s - pattern.sparsity) > 1e-9:
+                raise SparsityError(f"{pattern} fixes every layer's sparsity at {pattern.sparsity}; {self.method} "
+                                    f"cannot reach {s}. Drop --sparsity, or use --method ecoflap, which keeps some "
+                                    f"blocks dense to meet a lower global target")
+            for t in (towers if config is not None else ()):
+                tc = config.tower(t)
+                for i, b in enumerate(tc.blocks):
+                    widths = {"attn.qkv": tc.width if b.heads else None,
+                              "attn.out_proj": b.heads * tc.head_dim if b.heads else None,
+                              "mlp.c_fc": tc.width if b.mlp else None, "mlp.c_proj": b.mlp or None}
+                    for name, w in widths.items():
+                        if w is not None and w % pattern.m:
+                            raise SparsityError(f"{pattern} needs every input width to be a multiple of {pattern.m}; "
+                                                f"{t} block {i} {name} has {w} inputs. Use unstructured sparsity "
+                                                f"or another n:m")
+        mx = self.max_block_sparsity
+        if self.method == "ecoflap":
+            if self.scores not in SCORES:
+                raise SparsityError(f"--scores must be one of {', '.join(SCORES)}, got {self.scores!r}")
+            if mx is None:
+                mx = pattern.sparsity if pattern.structured else min(0.99, s + 0.1)
+            if not s <= mx < 1 and not (pattern.structured and mx >= pattern.sparsity):
+                raise SparsityError(f"--max-block-sparsity must be in [sparsity={s}, 1), got {mx}")
+            if pattern.structured and mx < pattern.sparsity - 1e-9:
+                raise SparsityError(f"--max-block-sparsity {mx} is below what {pattern} prunes in a block "
+                                    f"({pattern.sparsity}); raise it or use unstructured sparsity")
+        elif mx is not None:
+            raise SparsityError("--max-block-sparsity only applies to --method ecoflap")
+        if self.samples < 2 or self.batch_size < 1:
+            raise SparsityError(f"--samples must be >= 2 and batch size >= 1, got {self.samples}, {self.batch_size}")
+        if not 0 < self.damp and self.method == "sparsegpt":
+            raise SparsityError(f"damp must be positive, got {self.damp}")
+        if config is not None and not any(True for _ in _config_linears(config, towers)):
+            raise SparsityError(f"towers {towers} have no prunable weights (every block has 0 heads and 0 FFN)")
+        return pattern, float(s), mx
+
+
+def _config_linears(config, towers):
+    for t in towers:
+        for b in config.tower(t).blocks:
+            if b.heads or b.mlp:
+                yield t, b
+
+
+def check_calibration(spec: SparsifySpec, calib: Calibration | None) -> None:
+    """Methods that look at activations need calibration pairs; a too-small set is an error before work."""
+    if spec.method not in NEEDS_DATA:
+        return
+    if calib is None or len(calib) == 0:
+        raise SparsityError(f"--method {spec.method} needs calibration data (--data): it is missing or empty")
+    if len(calib) < 2:
+        raise SparsityError(f"calibration data has {len(calib)} pair(s); at least 2 are needed (contrastive loss)")
+
+
+@torch.no_grad()
+def _apply(lin, mask: torch.Tensor) -> None:
+    lin.weight.mul_(mask.to(lin.weight.device, lin.weight.dtype))
+
+
+def _local_mask(method: str, weight: torch.Tensor, norms: torch.Tensor | None, s: float, pattern: Pattern
+                ) -> torch.Tensor:
+    score = weight.detach().abs().float().cpu()
+    if method != "magnitude":
+        score.mul_(norms.view(1, -1))
+    if pattern.structured:
+        return nm_mask(score, pattern.n, pattern.m)
+    return layer_mask(score, s) if method == "magnitude" else row_mask(score, s)
+
+
+def sparsify(model, spec: SparsifySpec, calib: Calibration | None = None, progress: bool = True) -> dict[str, Any]:
+    """Sparsify ``model`` in place as ``spec`` says; record it in ``model.config.sparsity``; return the report
+    (:func:`~mope_deploy.sparsity.layers.sparsity_report` plus the per-block allocation and timings)."""
+    pattern, s, mx = spec.resolved(model.config)
+    check_calibration(spec, calib)
+    towers = tuple(spec.towers)
+    t0 = time.time()
+    block_sparsity: dict[tuple[str, int], float] = {}
+    block_nm: dict[tuple[str, int], bool] = {}
+    extra: dict[str, Any] = {}
+    n_batches = 0 if calib is None else -(-len(calib) // spec.batch_size)
+    with progress_bar(progress) as bar:
+        if spec.method == "ecoflap":
+            task = bar.add_task(f"ecoflap {spec.scores}-order scores", total=n_batches)
+            adv = lambda k: bar.advance(task, k)  # noqa: E731
+            if spec.scores == "zeroth":
+                scores = zeroth_order_scores(model, calib, towers, spec.batch_size, spec.eps, spec.seed, adv)
+            else:
+                scores = first_order_scores(model, calib, towers, spec.batch_size, adv)
+            bs = block_scores(scores)
+            keys = [(t, i) for t in towers for i, blk in enumerate(model.tower(t).blocks) if block_linears(blk)]
+            numels = [sum(l.weight.numel() for l in block_linears(model.tower(t).blocks[i]).values()) for t, i in keys]
+            sc = [bs.get(k, 0.0) for k in keys]
+            if pattern.structured:
+                chosen = allocate_nm(numels, sc, s, pattern)
+                block_nm = dict(zip(keys, chosen))
+            else:
+                keeps = allocate_keep(numels, sc, s, mx)
+                block_sparsity = {k: 1 - kp / n for k, kp, n in zip(keys, keeps, numels)}
+            extra["block_scores"] = {f"{t}.{i}": v for (t, i), v in zip(keys, sc)}
+        total_blocks = sum(len(model.tower(t).blocks) for t in towers)
+        task = bar.add_task(f"{spec.method} {pattern}", total=total_blocks)
+        if spec.method in ("magnitude", "global-magnitude"):
+            thresh = _global_threshold(model, towers, s) if spec.method == "global-magnitude" else None
+            for t in towers:
+                for blk in model.tower(t).blocks:
+                    for lin in block_linears(blk).values():
+                        if thresh is not None:
+                            _apply(lin, _global_mask(lin.weight, thresh))
+                        else:
+                            _apply(lin, _local_mask("magnitude", lin.weight, None, s, pattern))
+                    bar.advance(task)
+        else:
+            for t in towers:
+                def prune_block(i, blk, stats, t=t):
+                    for name, lin in block_linears(blk).items():
+                        if spec.method == "sparsegpt":
+                            w, _ = sparsegpt_prune(lin.weight, stats[name].hessian, s, pattern, spec.blocksize, spec.damp)
+                            lin.weight.copy_(w)
+                        elif spec.method == "wanda":
+                            _apply(lin, _local_mask("wanda", lin.weight, stats[name].norms, s, pattern))
+                        elif pattern.structured:  # ecoflap n:m: the block is n:m or stays dense
+                            if block_nm.get((t, i)):
+                                _apply(lin, _local_mask("wanda", lin.weight, stats[name].norms, s, pattern))
+                        else:
+                            sb = block_sparsity.get((t, i), 0.0)
+                            _apply(lin, _local_mask("wanda", lin.weight, stats[name].norms, sb, pattern))
+
+                blockwise(model, t, calib, prune_block, hessian=spec.method == "sparsegpt",
+                          batch_size=spec.batch_size, on_block=lambda: bar.advance(task))
+    rep = sparsity_report(model, towers)
+    record = {"method": spec.method, "pattern": str(pattern), "target": s, "achieved": rep["sparsity"],
+              "towers": list(towers), "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()},
+              "blocks": {t: rep["towers"][t]["blocks"] for t in towers}}
+    if spec.method == "ecoflap":
+        record["max_block_sparsity"] = mx
+    model.config.sparsity = record
+    rep.update(extra, method=spec.method, target=s, seconds=time.time() - t0)
+    return rep
+
+
+def _global_threshold(model, towers, s: float) -> float:
+    """The ``round(s * total)``-th smallest |W| over all prunable weights (the global magnitude threshold)."""
+    vals = torch.cat([lin.weight.detach().abs().float().flatten().cpu() for _, _, _, lin in prunable(model, towers)])
+    k = int(round(s * vals.numel()))
+    if k == 0:
+        return -1.0
+    return float(torch.kthvalue(vals, k).values)
+
+
+def _global_mask(weight: torch.Tensor, thresh: float) -> torch.Tensor:
+    return weight.detach().abs().float() > thresh

@@ -1,0 +1,52 @@
+"""``mope index`` and ``mope serve`` through typer's CliRunner (the servers themselves: tests/serve)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("faiss", reason="the serve extra is not installed: pip install -e '.[serve]'")
+
+from mope_deploy.cli.app import app  # noqa: E402
+
+runner = CliRunner()
+
+
+def test_index_builds_refuses_to_overwrite_and_reports(tmp_path, caption_csv, noise_images):
+    csv = caption_csv(noise_images(5), [[f"photo {i}", f"picture {i}"] for i in range(5)],
+                      extra_rows=["missing.png,gone"])
+    out = tmp_path / "idx"
+    r = runner.invoke(app, ["index", str(csv), "--model", "demo", "--out", str(out), "-q", "--chunk-size", "2"])
+    assert r.exit_code == 0, r.output
+    assert "indexed 5 images, 10 captions" in r.output and "exact" in r.output
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["n_items"] == 5 and meta["skipped"]["counts"] == {"missing image": 1}
+    assert meta["model"]["name"] == "demo" and meta["backend"]["backend"] == "torch"
+    again = runner.invoke(app, ["index", str(csv), "--model", "demo", "--out", str(out), "-q"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    hnsw = runner.invoke(app, ["index", "synthetic:val", "--model", "demo", "--out", str(tmp_path / "h"), "-q",
+                               "--kind", "hnsw", "--no-captions"])
+    assert hnsw.exit_code == 0 and "recall@10 vs exact" in hnsw.output, hnsw.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["index", "synthetic:test", "--model", "demo", "--out", "X", "--backend", "nope"], "unknown backend 'nope'"),
+    (["index", "no/such.csv", "--model", "demo", "--out", "X"], "not found"),
+    (["serve", "demo", "--host", "0.0.0.0"], "--allow-remote"),
+    (["serve", "demo", "--backend", "nope"], "unknown backend 'nope'"),
+    (["serve", "demo", "--api-key-file", "no-such-keyfile"], "--api-key-file"),
+])
+def test_bad_options_are_one_line_errors_before_any_work(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and message in r.output.replace("\n", " "), r.output
+    assert not (tmp_path / "X").exists()
+
+
+def test_serve_refuses_a_folder_that_is_not_an_index(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "a.txt").write_text("x")
+    r = runner.invoke(app, ["serve", "demo", "--index", str(tmp_path / "stuff")])
+    assert r.exit_code == 2 and "not an index" in r.output

@@ -1,0 +1,95 @@
+"""``mope sparsify`` end to end through typer's CliRunner on a tiny saved model and a small caption CSV."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mope_deploy.cli.app import app
+from mope_deploy.models import load_model
+from mope_deploy.sparsity import is_nm, prunable, sparsity_report
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def csv_data(caption_csv, noise_images):
+    caps = [[f"a noisy photo number {i}", f"picture {i} of static"] for i in range(12)]
+    return caption_csv(noise_images(12), caps)
+
+
+def test_sparsify_writes_a_sparse_model_directory(model_dir, csv_data, tmp_path):
+    out = tmp_path / "sparse"
+    r = runner.invoke(app, ["sparsify", str(model_dir), "--method", "ecoflap", "--sparsity", "0.5",
+                            "--max-block-sparsity", "0.6", "--data", str(csv_data), "--split", "all",
+                            "--samples", "8", "--batch-size", "4", "--out", str(out), "-q", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    m = load_model(out)
+    assert m.config.sparsity["method"] == "ecoflap" and m.config.sparsity["max_block_sparsity"] == 0.6
+    assert sparsity_report(m)["sparsity"] == pytest.approx(rep["sparsity"]) and abs(rep["sparsity"] - 0.5) < 0.02
+
+
+def test_sparsify_2_4_with_sparselora_recovery(model_dir, csv_data, tmp_path):
+    out = tmp_path / "sparse24"
+    r = runner.invoke(app, ["sparsify", str(model_dir), "--method", "sparsegpt", "--pattern", "2:4",
+                            "--data", str(csv_data), "--split", "all", "--samples", "8", "--out", str(out), "-q",
+                            "--recover", "sparselora", "--recover-steps", "3", "--recover-batch", "4"])
+    assert r.exit_code == 0, r.output
+    assert "2:4" in r.output
+    m = load_model(out)
+    assert all(is_nm(lin.weight, 2, 4) for *_, lin in prunable(m))
+    assert m.config.sparsity["recovered"]["steps"] == 3
+    assert not (tmp_path / ".sparse24.sparselora").exists()  # our checkpoints are cleaned up
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--method", "wanda", "--sparsity", "1.0"], "[0, 1)"),
+    (["--method", "global-magnitude", "--pattern", "2:4"], "cannot make 2:4"),
+    (["--method", "wanda", "--sparsity", "0.5"], "needs calibration data"),
+    (["--method", "wanda", "--sparsity", "0.5", "--data", "CSV", "--samples", "50"], "lower --samples"),
+    (["--method", "magnitude", "--sparsity", "0.5", "--recover", "lora"], "--recover must be"),
+])
+def test_sparsify_errors_are_one_line_before_work(model_dir, csv_data, tmp_path, args, msg):
+    args = [str(csv_data) if a == "CSV" else a for a in args]
+    if "CSV" not in args and "--data" in args:
+        args += ["--split", "all"]
+    out = tmp_path / "never"
+    r = runner.invoke(app, ["sparsify", str(model_dir), *args, "--out", str(out), "-q"])
+    assert r.exit_code == 2, r.output
+    assert msg in " ".join(r.output.split()) and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_sparsify_refuses_existing_out(model_dir, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = runner.invoke(app, ["sparsify", str(model_dir), "--method", "magnitude", "--sparsity", "0.5", "--out", str(out)])
+    assert r.exit_code == 2 and "already exists" in " ".join(r.output.split())
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_magnitude_needs_no_data(model_dir, tmp_path):
+    r = runner.invoke(app, ["sparsify", str(model_dir), "--method", "magnitude", "--pattern", "4:8",
+                            "--out", str(tmp_path / "m48"), "-q"])
+    assert r.exit_code == 0, r.output
+    m = load_model(tmp_path / "m48")
+    assert all(is_nm(lin.weight, 4, 8) for *_, lin in prunable(m))
+    assert torch.isfinite(m.encode_image(torch.randn(2, 3, 32, 32))).all()
+
+
+def test_info_shows_per_block_and_tower_sparsity(model_dir, tmp_path):
+    out = tmp_path / "s24"
+    assert runner.invoke(app, ["sparsify", str(model_dir), "--method", "magnitude", "--pattern", "2:4",
+                               "--out", str(out), "-q"]).exit_code == 0
+    r = runner.invoke(app, ["info", str(out)])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "weight sparsity 50.0% (2:4)" in text and "zeros" in text and "method magnitude" in text
+    d = json.loads(runner.invoke(app, ["info", str(out), "--json"]).output)
+    assert d["sparsity"]["pattern"] == "2:4" and d["sparsity"]["towers"]["vision"]["blocks"] == [0.5, 0.5]
+    assert "sparsity" not in json.loads(runner.invoke(app, ["info", str(model_dir), "--json"]).output)
