@@ -22,13 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from export_memory import _rss_mb  # noqa: E402  (the one RSS reader of the memory benchmarks; benchmarks/ is on sys.path)
 
 
 def child(model_name: str, method: str, pattern: str, samples: int, sparsity: float | None, batch: int) -> dict:

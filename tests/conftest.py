@@ -68,3 +68,25 @@ def flickr_dir() -> Path:
     if not (d / "captions.csv").is_file():
         pytest.skip(f"real-photo data not present at {d} (it lives in ../shared/data beside the checkout)")
     return d
+
+
+@pytest.fixture
+def torchrun(tmp_path):
+    """Run ``script`` (source text) under torchrun with 2 CPU processes; returns the finished process.
+
+    One intra-op thread per rank: two ranks on a 2-core machine must not oversubscribe it.
+    """
+    import os
+    import subprocess
+    import sys
+
+    def run(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        path = tmp_path / "torchrun_script.py"
+        path.write_text(script)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               str(path), *args], capture_output=True, text=True, timeout=timeout, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    return run

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -42,14 +40,9 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_ranks_give_the_single_process_table(tmp_path):
-    script = tmp_path / "dist_score.py"
-    script.write_text(SCRIPT.format(here=str(HERE)))
+def test_two_ranks_give_the_single_process_table(tmp_path, torchrun):
     out = tmp_path / "scores.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(out)], capture_output=True, text=True, timeout=180, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(SCRIPT.format(here=str(HERE)), str(out))
     dist_table = ScoreTable.load(out)
 
     torch.manual_seed(0)

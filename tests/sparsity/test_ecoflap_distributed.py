@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -47,14 +45,9 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_single_process_scores(tmp_path):
-    script = tmp_path / "dist_scores.py"
-    script.write_text(SCRIPT.format(here=str(HERE)))
+def test_two_ranks_give_the_single_process_scores(tmp_path, torchrun):
     out = tmp_path / "scores.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(out)], capture_output=True, text=True, timeout=180, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(SCRIPT.format(here=str(HERE)), str(out))
     got = json.loads(out.read_text())
     torch.manual_seed(0)
     model = SlimCLIP(tiny_config()).eval()
