@@ -18,11 +18,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_file, atomic_write_text
+from ..atomic import atomic_file, atomic_write_text, check_target
 from ..data.datasets import IMAGE_EXTS, DataReport, DatasetError, ImageFiles, TarImages
 from ..progress import progress_bar
-from .index import (APPROX_MIN_ITEMS, IndexFileError, Item, approx_recall, is_index, new_meta, resolve_kind,
-                    write_index)
+from .index import (APPROX_MIN_ITEMS, IndexFileError, Item, approx_recall, index_owner, is_index, new_meta,
+                    resolve_kind, write_index)
 
 PARTIAL_MARK = "mope-index-partial"
 
@@ -129,6 +129,7 @@ def check_out(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise IndexFileError(f"{out} is already an index; pass --overwrite to rebuild it (items added at "
                                  "runtime are lost), or choose another --out")
+        check_target(out, index_owner())  # a user's file inside the index is refused now, not after the work
         return
     if out.is_dir() and not any(out.iterdir()):
         return

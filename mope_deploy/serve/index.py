@@ -43,6 +43,14 @@ APPROX_MIN_ITEMS = 100_000
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 200, 128
 
 
+def index_owner():
+    """The files of an index folder: what `mope index --overwrite` may replace (a user's own file is kept)."""
+    from ..atomic import Owner
+
+    return Owner("retrieval index", markers=[(META_FILE,)],
+                 allowed=(META_FILE, IMAGES_FAISS, ITEMS_FILE, CAPTIONS_FAISS, CAPTIONS_FILE, WAL_FILE, STORED_DIR))
+
+
 class IndexFileError(ServeError):
     """An index directory that cannot be used (missing, corrupt, or made by a different model)."""
 
@@ -447,8 +455,8 @@ def check_fingerprint(meta: dict[str, Any], fingerprint: dict[str, str], root: s
 def write_index(out: str | Path, meta: dict[str, Any], image_emb: np.ndarray, items: Sequence[Item],
                 caption_emb: np.ndarray | None = None, caption_rows: Sequence[dict[str, Any]] | None = None,
                 stored_dir: str | Path | None = None) -> Path:
-    """Write an index directory atomically (replacing ``out`` as a whole). ``stored_dir``: a folder of images
-    the index keeps (moved in)."""
+    """Write an index directory atomically (replacing ``out`` as a whole, which may be absent, empty or an
+    index holding only its own files). ``stored_dir``: a folder of images the index keeps (moved in)."""
     import shutil
 
     from ..atomic import atomic_dir
@@ -458,7 +466,7 @@ def write_index(out: str | Path, meta: dict[str, Any], image_emb: np.ndarray, it
     image_emb = _as_rows(image_emb, dim) if len(image_emb) else np.zeros((0, dim), np.float32)
     if len(items) != len(image_emb):
         raise IndexFileError(f"{len(items)} items but {len(image_emb)} embeddings")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner=index_owner()) as tmp:
         images = make_faiss(dim, meta["kind"])
         if len(image_emb):
             images.add(image_emb)

@@ -26,6 +26,14 @@ def test_index_builds_refuses_to_overwrite_and_reports(tmp_path, caption_csv, no
     assert meta["model"]["name"] == "demo" and meta["backend"]["backend"] == "torch"
     again = runner.invoke(app, ["index", str(csv), "--model", "demo", "--out", str(out), "-q"])
     assert again.exit_code == 2 and "--overwrite" in again.output
+    rebuilt = runner.invoke(app, ["index", str(csv), "--model", "demo", "--out", str(out), "-q", "--overwrite",
+                                  "--no-captions"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert json.loads((out / "index.json").read_text())["n_captions"] == 0
+    (out / "my-notes.txt").write_text("keep")  # a user's file inside the index: never replaced
+    refused = runner.invoke(app, ["index", str(csv), "--model", "demo", "--out", str(out), "-q", "--overwrite"])
+    assert refused.exit_code == 2 and "my-notes.txt" in refused.output.replace("\n", " "), refused.output
+    assert (out / "my-notes.txt").read_text() == "keep" and (out / "index.json").is_file()
     hnsw = runner.invoke(app, ["index", "synthetic:val", "--model", "demo", "--out", str(tmp_path / "h"), "-q",
                                "--kind", "hnsw", "--no-captions"])
     assert hnsw.exit_code == 0 and "recall@10 vs exact" in hnsw.output, hnsw.output
