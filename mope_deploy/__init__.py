@@ -3,7 +3,7 @@
     import mope_deploy as md
     teacher = md.load("demo")                      # or "ViT-L-14:openai", or a saved directory
     print(md.model_stats(teacher.config)["params"])
-    teacher.save("out/teacher")                    # config.json + model.safetensors
+    md.save_model(teacher, "out/teacher")          # config.json + model.safetensors
 """
 
 from .models import (CLIPConfig, Masks, SlimCLIP, from_open_clip, load, load_config, load_model, load_teacher,

@@ -351,3 +351,79 @@ def _replace(tmp: Path, target: Path) -> None:
         raise
     if old is not None:
         _remove(str(old))
+
+
+# ------------------------------------------------------------------------------------- the output policy
+
+#: The one sentence every command that writes shows for ``--force`` (cli/common.FORCE_HELP repeats it).
+FORCE_POLICY = ("--out may be absent, an empty folder, or a folder mope wrote; anything else is refused, naming "
+                "what is there. --force replaces it anyway, but only after the new output is complete and has "
+                "passed its gates: a failed run leaves the old content byte-identical.")
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a command writes, and whether it may replace what is there: the one output policy.
+
+    ``Output(path, owner, force)``: :meth:`check` refuses a bad target before any work (see :func:`check_target`);
+    :meth:`write` yields a temporary folder that replaces ``path`` whole, only when the block succeeds (so a
+    gate that raises inside the block leaves the old content untouched, with or without ``force``)."""
+
+    path: Path
+    owner: Owner = NEW_ONLY
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def check(self) -> "Output":
+        check_target(self.path, self.owner, self.force)
+        return self
+
+    def write(self) -> contextlib.AbstractContextManager[Path]:
+        return atomic_dir(self.path, self.owner, self.force)
+
+
+# ------------------------------------------------------------------------------------------- work folders
+
+#: The file that marks a work folder as created by mope (and so removable by mope).
+WORK_MARKER = ".mope-work"
+
+
+def claim_work_dir(path: str | Path, kind: str) -> Path:
+    """Create (or reuse) a work folder the tool may later remove: absent -> created with :data:`WORK_MARKER`;
+    present with the marker -> reused (a resumed run); anything else (a user's file or folder of that name) ->
+    :class:`OutputPathError`, and nothing is touched."""
+    path = Path(path)
+    if os.path.lexists(path):
+        if path.is_dir() and not path.is_symlink() and (path / WORK_MARKER).is_file():
+            return path
+        what = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "a file"
+        raise OutputPathError(f"{path} is {what} that mope did not create, but mope needs that name for its "
+                              f"{kind} work folder; move it away (mope never deletes what it did not write)")
+    _check_parent(path)
+    try:
+        path.mkdir(parents=True)
+        atomic_write_text(path / WORK_MARKER, f"{kind}\n")
+    except OSError as e:
+        raise _os_error(path, e) from None
+    return path
+
+
+def is_work_dir(path: str | Path) -> bool:
+    """True when ``path`` is a work folder :func:`claim_work_dir` created."""
+    path = Path(path)
+    return path.is_dir() and not path.is_symlink() and (path / WORK_MARKER).is_file()
+
+
+def remove_work_dir(path: str | Path) -> bool:
+    """Remove a work folder :func:`claim_work_dir` created; absent -> False; a folder without the marker is
+    never removed (:class:`OutputPathError`)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return False
+    if not is_work_dir(path):
+        raise OutputPathError(f"{path} was not created by mope (no {WORK_MARKER} inside); mope never deletes what "
+                              f"it did not write: move it away or delete it yourself")
+    shutil.rmtree(path)
+    return True

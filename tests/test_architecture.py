@@ -13,12 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mope_deploy"
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
-# Import edges allowed to close a cycle, each with its reason. Keep this list empty or justified: a stale entry
-# (the edge no longer exists) fails test_allowed_edges_still_exist.
-ALLOWED_CYCLE_EDGES = {
-    # SlimCLIP.save(dir), the public convenience, defers to io.save_model; io builds SlimCLIPs when loading.
-    ("mope_deploy.models.slim_clip", "mope_deploy.models.io"),
-}
 
 
 def stage_order() -> list[list[str]]:
@@ -183,17 +177,12 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycles(graph):
-    pruned = {m: {t for t in ts if (m, t) not in ALLOWED_CYCLE_EDGES} for m, ts in graph.items()}
+    pruned = graph
     # the package root imports its public API; a module importing the root would be the cycle to catch
     root_users = sorted(m for m, ts in pruned.items() if "mope_deploy" in ts and m != "mope_deploy")
     assert not root_users, f"modules importing the package root (import the defining module instead): {root_users}"
     cycles = _cycles({m: ts for m, ts in pruned.items() if m != "mope_deploy"})
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
-
-
-def test_allowed_edges_still_exist(graph):
-    stale = [e for e in ALLOWED_CYCLE_EDGES if e[1] not in graph.get(e[0], set())]
-    assert not stale, f"remove stale entries from ALLOWED_CYCLE_EDGES: {stale}"
 
 
 def test_the_checker_finds_what_it_should():

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..exporting.bundle import library_versions
+from ..bundle.manifest import library_versions
 from ..models.config import CLIPConfig
 from ..errors import MopeError
 
@@ -129,7 +129,7 @@ def environment(device: str = "cpu", threads: int | None = None) -> dict[str, An
         "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(),
-        "threads": {"requested": threads, "torch_intra_op": torch.get_num_threads(),
+        "threads": {"requested": threads, "torch_intra_op": threads or torch.get_num_threads(),
                     "torch_inter_op": torch.get_num_interop_threads(),
                     "onnxruntime_intra_op": threads or "ort-default (one per physical core)"},
         "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from ..atomic import atomic_write_text
 from ..device import default_device
-from ..exporting.bundle import Bundle
+from ..bundle import Bundle
 from ..models.config import CLIPConfig
 from ..models.counting import model_stats
 from ..runtime import open_encoder
@@ -124,9 +124,6 @@ def run_bench(models: Sequence[Any], backends: Sequence[str] = ("torch",), batch
         raise BenchError("labels and models differ in length")
     if len(set(labels) | {lab for _, lab, _ in extra_runs}) != len(labels) + len(extra_runs):
         raise BenchError(f"model labels must be unique, got {labels + [lab for _, lab, _ in extra_runs]}")
-    if threads:
-        import torch
-        torch.set_num_threads(int(threads))
     dev = device or default_device()
     results: list[dict[str, Any]] = []
     encoders: list[dict[str, Any]] = []
@@ -148,8 +145,8 @@ def run_bench(models: Sequence[Any], backends: Sequence[str] = ("torch",), batch
                 # one export per model, shared by every ONNX backend (exports of large models take minutes)
                 if on_step:
                     on_step(f"{label}: exporting ONNX")
-                from ..runtime.onnxruntime_backend import export_for_runtime
-                bundle = export_for_runtime(as_slimclip(model, "onnxruntime"), Path(tmp) / f"{mi}-bundle",
+                from ..runtime.export import export_model
+                bundle = export_model(as_slimclip(model, "onnxruntime"), Path(tmp) / f"{mi}-bundle",
                                             int8=any(b.precision == "int8" for b in onnx_backends))
                 if all(registry[b].source == ONNX for b in model_backends) and not isinstance(model, (str, Path)):
                     model = None  # the graphs are on disk: free the torch weights before ONNX Runtime loads them

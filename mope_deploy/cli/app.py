@@ -12,7 +12,7 @@ import typer
 from . import bench, compress, eval as eval_cmd, export, importance, info, prune
 from . import sparsify
 from . import index, serve
-from .common import set_debug
+from .common import install_notices, set_debug
 
 app = typer.Typer(
     name="mope",
@@ -27,6 +27,7 @@ app = typer.Typer(
 def _root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of every error.")) -> None:
     """Compress CLIP models with MoPE-CLIP and deploy them (ONNX, TensorRT)."""
     set_debug(debug)
+    install_notices()
 
 
 app.command("info")(info.info)

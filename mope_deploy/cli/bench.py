@@ -93,54 +93,28 @@ def bench(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Time encoders: median / p90 / min latency and throughput per tower, with params and GFLOPs."""
-    from ..bench.paper import default_batch, run_paper
-    from ..bench.run import parse_batch_sizes, parse_list, run_bench, write_json
+    from ..bench.request import BenchRequest, run_request
+    from ..bench.run import parse_batch_sizes, parse_list, write_json
 
     with user_errors():
-        from ..runtime.registry import check_backends
-
-        backends = parse_list(backend, "backend")
-        check_backends(backends)
         if plot is not None and plot.suffix.lower() != ".png":
             raise UsageError(f"--plot writes a PNG: give a file name ending in .png, got {plot.name!r}")
-        if paper and models:
-            raise UsageError("--paper builds its own models: drop the MODEL arguments (or drop --paper)")
-        if reference and not paper:
-            raise UsageError("--reference only applies with --paper")
-        sizes = parse_batch_sizes(batch_sizes) if batch_sizes else None
         from ..runtime.ort_settings import SessionSettings
 
         try:
             ort_opts = SessionSettings.parse(ort_settings, threads=threads) if ort_settings else None
         except ValueError as e:
             raise UsageError(f"--ort-settings: {e}") from None
+        request = BenchRequest(models=list(models or ()), backends=parse_list(backend, "backend"),
+                               batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes else None, warmup=warmup,
+                               iters=iters, threads=threads, device=device, ort_settings=ort_opts, paper=paper,
+                               teacher=teacher, reference=reference, interleave=interleave).check()
+        if request.notice():
+            console.print(f"[yellow]{request.notice()}[/]")
         with _progress(quiet) as prog:
-            task = prog.add_task("starting", total=None)
-            step = lambda s: prog.update(task, description=s)  # noqa: E731
-            tick = lambda: prog.advance(task)  # noqa: E731
-            if paper:
-                from ..device import default_device
-                dev = device or default_device()
-                if sizes and len(sizes) != 1:
-                    raise UsageError("--paper runs one batch size: give one value to --batch-sizes")
-                batch = sizes[0] if sizes else default_batch(dev)
-                runs = 4 * len(backends) + (1 if reference else 0)
-                prog.update(task, total=runs * 2 * (warmup + iters))
-                if not sizes and batch != 64:
-                    console.print(f"[yellow]CPU run: batch {batch} instead of the paper's 64 (pass --batch-sizes 64 "
-                                  "to match it; ViT-L/14 at 64 takes minutes per call on a CPU)[/]")
-                report = run_paper(backends, batch, warmup=warmup, iters=iters, threads=threads, device=dev,
-                                   teacher=teacher, reference=reference, on_step=step, on_iter=tick,
-                                   interleave=True if interleave is None else interleave)
-            else:
-                if not models:
-                    raise UsageError("no MODEL given: pass one or more models (demo, a model directory, an open_clip "
-                                     "name, an export bundle) or use --paper")
-                sizes = sizes or [1, 8]
-                prog.update(task, total=len(models) * len(backends) * len(sizes) * 2 * (warmup + iters))
-                report = run_bench(models, backends, sizes, warmup=warmup, iters=iters, threads=threads,
-                                   device=device, on_step=step, on_iter=tick, interleave=bool(interleave),
-                                   ort_settings=ort_opts)
+            task = prog.add_task("starting", total=request.total_steps())
+            report = run_request(request, on_step=lambda s: prog.update(task, description=s),
+                                 on_iter=lambda: prog.advance(task))
         for table in results_tables(report):
             console.print(table)
         if paper:

@@ -16,6 +16,10 @@ from ..errors import MopeError
 console = Console()
 err_console = Console(stderr=True)
 
+#: the one output policy, in the same words in every command's --help (mope_deploy.atomic.Output)
+FORCE_HELP = ("Replace --out even if mope did not write it. Without it --out must be absent, empty, or a folder "
+              "mope wrote (anything else is refused, naming what is there). Either way the old content goes only "
+              "after the new output is complete and has passed its gates.")
 MODEL_HELP = "'demo', a saved model directory, or an open_clip name (ViT-L-14 or ViT-L-14:openai)."
 #: what the CLI reports as a user error (everything else propagates with its traceback)
 USER_ERRORS: tuple[type[BaseException], ...] = (MopeError, FileNotFoundError)
@@ -31,9 +35,12 @@ class _Notices(logging.Handler):
         err_console.print(f"[yellow]{self.format(record)}[/]", highlight=False)
 
 
-_notices = logging.getLogger("mope_deploy")
-if not any(isinstance(h, _Notices) for h in _notices.handlers):
-    _notices.addHandler(_Notices(logging.WARNING))
+def install_notices() -> None:
+    """Show the library's warnings as yellow lines: called by the ``mope`` entry point only (importing a command
+    module changes no logging state, so a program that imports the CLI keeps its own handlers)."""
+    lg = logging.getLogger("mope_deploy")
+    if not any(isinstance(h, _Notices) for h in lg.handlers):
+        lg.addHandler(_Notices(logging.WARNING))
 
 
 class UsageError(MopeError, ValueError):

@@ -8,15 +8,14 @@ from typing import List, Optional
 
 import typer
 
-from .common import MODEL_HELP, UsageError, console, user_errors
+from .common import FORCE_HELP, MODEL_HELP, UsageError, console, user_errors
 
 
 def export(
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory: absent, empty, or an earlier bundle "
                              "(written atomically; replaced only when the new bundle is complete)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out even if it is not an earlier bundle (a file or "
-                               "a folder with other content)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     formats: List[str] = typer.Option(["onnx"], "--format", "-f",
                                       help="onnx | tensorrt | torch-tensorrt | triton (repeatable or "
                                            "comma-separated)."),
@@ -46,11 +45,7 @@ def export(
 ) -> None:
     """Export MODEL as ONNX graphs (+ optimised/int8/fp16 variants), TensorRT engines, torch-tensorrt
     programs and/or a Triton repository, refusing any output that fails its parity or recall gate."""
-    from ..atomic import check_target
-    from ..exporting import ExportConfig, export_bundle
-    from ..exporting.bundle import BUNDLE_OWNER
-    from ..exporting.pipeline import preflight
-    from ..models import load
+    from ..exporting import ExportConfig, export_spec
 
     with user_errors():
         try:
@@ -64,31 +59,31 @@ def export(
                               eval_data=eval_data, eval_limit=eval_limit, max_recall_drop=max_recall_drop,
                               skip_recall_gate=skip_recall_gate, sparse=sparse, workspace_gb=workspace_gb,
                               timing_cache=str(timing_cache) if timing_cache else None, source=model)
-        preflight(config)  # every refusal before the model is loaded
-        check_target(out, BUNDLE_OWNER, force)
-        console.print(f"[dim]·[/] loading {model}")
-        m = load(model)
         t0 = time.perf_counter()
         # one line per stage (with elapsed time); evaluation passes show rich progress bars with an ETA
-        manifest = export_bundle(m, out, config, progress=True, force=force,
-                                 log=lambda msg: console.print(f"[dim]· {time.perf_counter() - t0:6.1f}s[/] {msg}"))
-    p = manifest["parity"]
-    console.print(f"[green]exported[/] {model} -> {out} ({', '.join(manifest['formats'])}, {precision})")
-    console.print(f"  parity ONNX Runtime vs torch: max |diff| {p['max_abs']:.2e} (atol {p['atol']:g})")
-    for name, v in manifest["variants"].items():
-        r = v.get("recall")
-        line = f"  {name:9s} {v['files']['vision']}, {v['files']['text']}"
-        if r:
-            line += f"  Recall Mean {r['recall_mean']:.2f}"
-            if "recall_delta" in v:
-                line += f" ({v['recall_delta']:+.2f} vs fp32)"
-        if v.get("runtimes") == ["onnxruntime"]:
+        manifest = export_spec(model, out, config, progress=True, force=force,
+                               log=lambda msg: console.print(f"[dim]· {time.perf_counter() - t0:6.1f}s[/] {msg}"))
+    _print_manifest(manifest, model, out)
+
+
+def _print_manifest(manifest, model: str, out: Path) -> None:
+    p = manifest.parity or {}
+    console.print(f"[green]exported[/] {model} -> {out} ({', '.join(manifest.formats)}, {manifest.precision})")
+    console.print(f"  parity ONNX Runtime vs torch: max |diff| {p.get('max_abs', 0):.2e} (atol {manifest.gates.parity_atol:g})")
+    for name, v in manifest.variants.items():
+        line = f"  {name:9s} {v.files['vision']}, {v.files['text']}"
+        if v.recall:
+            line += f"  Recall Mean {v.recall['recall_mean']:.2f}"
+            if v.recall_delta is not None:
+                line += f" ({v.recall_delta:+.2f} vs fp32)"
+        if v.runtimes == ["onnxruntime"]:
             line += "  [ONNX Runtime only]"
         console.print(line)
-    for name, why in (manifest.get("refused_variants") or {}).items():
+    for name, why in manifest.refused_variants.items():
         console.print(f"  [yellow]{name} not written[/]: {why}")
-    for tower, e in ((manifest.get("tensorrt") or {}).get("engines") or {}).items():
-        console.print(f"  TensorRT {tower}: {e['file']} ({e['build_seconds']} s)")
-    if manifest.get("triton"):
-        console.print(f"  Triton repository: {out / manifest['triton']['repository']} "
-                      f"({', '.join(manifest['triton']['models'])})")
+    for fmt, es in manifest.engines.items():
+        for tower, e in es.engines.items():
+            console.print(f"  {fmt} {tower}: {e.file} ({e.details.get('build_seconds', '?')} s)")
+    if manifest.triton:
+        console.print(f"  Triton repository: {out / manifest.triton['repository']} "
+                      f"({', '.join(manifest.triton['models'])})")

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..models import save_model
 from .common import MODEL_HELP, UsageError, console, user_errors
 
 
@@ -103,7 +104,7 @@ def sparsify(
 
             report = {**report, **sparsity_report(target, spec.towers)}
         if rank == 0:
-            target.save(out)
+            save_model(target, out)
         D.barrier()
         D.destroy()
         if recover:
@@ -124,7 +125,7 @@ def _train_data(spec: str, dataset, model, batch_size: int, seed: int):
 
     if spec == "synthetic":
         return synthetic_batches(model, batch_size, seed=seed)
-    from ..compress.pipeline import dataset_pairs
+    from ..data.sampling import dataset_pairs
 
     return pil_batches(dataset_pairs(dataset, seed), model.preprocess, model.tokenizer, batch_size)
 

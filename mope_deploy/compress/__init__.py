@@ -6,8 +6,8 @@ package (data, importance, pruning, distill, eval).
     report = compress(load_recipe("demo"), "runs/demo")
 """
 
-from .pipeline import CompressError, Pipeline, compose_plans, compress, pretraining_plan, recipe_target
+from .pipeline import CompressError, Pipeline, compress, pretraining_plan, recipe_target
 from .recipe import Recipe, RecipeError, load_recipe, parse_recipe, recipe_names
 
-__all__ = ["CompressError", "Pipeline", "compose_plans", "compress", "pretraining_plan", "recipe_target", "Recipe",
+__all__ = ["CompressError", "Pipeline", "compress", "pretraining_plan", "recipe_target", "Recipe",
            "RecipeError", "load_recipe", "parse_recipe", "recipe_names"]

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..atomic import atomic_write_text
 from ..data.datasets import DatasetError, RetrievalDataset, load_dataset
+from ..data.sampling import dataset_pairs
 from ..distill.kd import DistillationLoss, KDWeights, block_map, hidden_forward
 from ..distill.losses import ContrastiveLoss
 from ..distill.trainer import BEST, DataFn, Trainer, TrainConfig, clip_forward, pil_batches, synthetic_batches
@@ -31,14 +29,14 @@ from ..eval.retrieval import encode_inputs, evaluate
 from ..importance import ScoreTable, score
 from ..models import (ModelFileError, ModelNotFoundError, SlimCLIP, load, load_config, load_model, model_stats,
                       save_model)
-from ..models.io import CONFIG_FILE, WEIGHTS_FILE
+from ..models.io import WEIGHTS_FILE, replace_model_files
 from ..progress import progress_bar
 from ..pruning.apply import apply_plan
-from ..pruning.plan import PruningPlan, Target, TowerPlan, plan_for
+from ..pruning.compose import compose_plans, merge_tower
+from ..pruning.plan import PruningPlan, Target, plan_for
 from ..vocab import TOWERS
 from .recipe import Recipe, TrainSpec
-from .runs import (FREE_FIELDS, KIND as RUN_KIND, REPORT_FIELDS, STATE, check_run_dir, clear_run, recipe_changes,
-                   resumable)
+from .runs import RunState, clear_run
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 REPORT = "report.json"
@@ -47,64 +45,6 @@ EVAL_KEYS = ("tr1", "tr5", "tr10", "ir1", "ir5", "ir10", "recall_mean")
 
 class CompressError(MopeError, ValueError):
     """A run directory or recipe that this pipeline cannot continue with."""
-
-
-@dataclass
-class RunState:
-    """Which stages are finished and how long each took (``state.json``)."""
-
-    path: Path
-    done: dict[str, float] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def open(cls, out: Path, recipe: Recipe, restart: bool = False,
-             log: Callable[[str], None] = print) -> "RunState":
-        """The state of run folder ``out`` for ``recipe``: a new run when ``out`` is absent or empty (or with
-        ``restart``), else the recorded one. A recipe changed only in fields later stages read resumes
-        (:mod:`.runs`: the report stage runs again); any other change is refused, naming the fields."""
-        path, new = out / STATE, recipe.model_dump(mode="json")
-        data = check_run_dir(out)
-        if data is None or restart:
-            return cls(path, {}, new)
-        changes = recipe_changes(data["recipe"], new)
-        blocking, rerun_report = resumable(changes)
-        if blocking:
-            shown = ", ".join(blocking[:6]) + (f" and {len(blocking) - 6} more" if len(blocking) > 6 else "")
-            raise CompressError(f"{out} holds a run of a different recipe ({data['recipe'].get('name')!r}): {shown} "
-                                f"changed, which finished stages already used; use --restart to start over in "
-                                f"{out}, or a new --out (a change to only {', '.join(REPORT_FIELDS + FREE_FIELDS)} "
-                                "resumes)")
-        done = dict(data["done"])
-        if changes:
-            if rerun_report:
-                done.pop("report", None)
-            log(f"recipe changed: {', '.join(changes)}; the finished stages do not depend on "
-                f"{'these' if len(changes) > 1 else 'it'}, resuming" + (" (the report runs again)" if rerun_report
-                                                                        else ""))
-        return cls(path, done, new)
-
-    def finish(self, stage: str, seconds: float) -> None:
-        self.done[stage] = round(seconds, 2)
-        atomic_write_text(self.path, json.dumps({"kind": RUN_KIND, "recipe": self.recipe, "done": self.done},
-                                                indent=1))
-
-
-def dataset_pairs(dataset: RetrievalDataset, seed: int) -> Callable[[int], Iterator[tuple[Any, str]]]:
-    """``start -> (image, caption)`` over every caption, reshuffled each epoch by ``seed``; restartable anywhere."""
-    n = len(dataset.captions)
-
-    def pairs(start: int) -> Iterator[tuple[Any, str]]:
-        i = start
-        while True:
-            epoch, pos = divmod(i, n)
-            order = list(range(n))
-            random.Random(seed * 100003 + epoch).shuffle(order)
-            for c in order[pos:]:
-                yield dataset.images[dataset.txt2img[c]], dataset.captions[c]
-            i = (epoch + 1) * n
-
-    return pairs
 
 
 class Pipeline:
@@ -391,7 +331,7 @@ class Pipeline:
                                       "towers": {t: {k: v for k, v in rep["towers"][t].items() if k != "zeros"}
                                                  for t in TOWERS}, **student.config.sparsity}
             plan.save(self.out / "plan.json")
-            _write_model_files(student, self.out)
+            replace_model_files(student, self.out)
             report["stages"] = {**self.state.done}
             atomic_write_text(self.out / REPORT, json.dumps(report, indent=1))
             return report
@@ -416,25 +356,7 @@ def pretraining_plan(recipe: Recipe, config, tables: dict[str, ScoreTable]) -> P
     plan = None
     for t in recipe.towers:
         tp = plan_for(config, recipe_target(recipe, t), tables, teacher=recipe.teacher)
-        plan = tp if plan is None else _merge(plan, tp, t)
-    return plan
-
-
-def compose_plans(first: PruningPlan, second: PruningPlan) -> PruningPlan:
-    """The plan on ``first``'s teacher equivalent to applying ``first`` and then ``second`` (made on its result)."""
-    towers = {}
-    for name in TOWERS:
-        a, b = first.tower(name), second.tower(name)
-        towers[name] = TowerPlan(blocks=[a.blocks[i] for i in b.blocks],
-                                 heads=[[a.heads[i][h] for h in hs] for i, hs in zip(b.blocks, b.heads)],
-                                 neurons=[[a.neurons[i][n] for n in ns] for i, ns in zip(b.blocks, b.neurons)])
-    return PruningPlan(teacher_arch_hash=first.teacher_arch_hash, teacher=first.teacher,
-                       info={"steps": [first.info, second.info]}, **towers)
-
-
-def _merge(plan: PruningPlan, other: PruningPlan, tower: str) -> PruningPlan:
-    setattr(plan, tower, other.tower(tower))
-    plan.info = {**plan.info, tower: other.info}
+        plan = tp if plan is None else merge_tower(plan, tp, t)
     return plan
 
 
@@ -444,16 +366,6 @@ def _summary(model: SlimCLIP, metrics: dict[str, Any]) -> dict[str, Any]:
             "towers": {t: {k: s[t][k] for k in ("params", "params_total", "gflops", "depth")} for t in TOWERS},
             **{k: metrics[k] for k in EVAL_KEYS}, "n_images": metrics.get("n_images"),
             "n_captions": metrics.get("n_captions")}
-
-
-def _write_model_files(model: SlimCLIP, out: Path) -> None:
-    """Put config.json + model.safetensors into an existing run directory, each file replaced atomically."""
-    tmp = out / ".model-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        os.replace(tmp / name, out / name)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def compress(recipe: Recipe, out: str | Path, progress: bool = True, log: Callable[[str], None] = print,

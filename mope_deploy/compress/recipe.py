@@ -8,6 +8,7 @@ distilling after each).
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -163,9 +164,16 @@ class Recipe(_Strict):
         return [t for t in TOWERS if getattr(self.prune, t) is not None]
 
 
+# reprlib bounds the echo of a bad value in time and length (a YAML alias bomb expands to 10^9 items)
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxtuple, _ECHO.maxdict, _ECHO.maxstring, _ECHO.maxother = 2, 3, 3, 3, 60, 60
+_MAX_LINES = 12
+
+
 def _format(e: ValidationError, source: str) -> str:
     lines = []
-    for err in e.errors():
+    errors = e.errors(include_url=False)
+    for err in errors[:_MAX_LINES]:
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -173,8 +181,10 @@ def _format(e: ValidationError, source: str) -> str:
         elif err["type"] == "string_pattern_mismatch" and err["loc"] == ("name",):
             msg = ("must be a plain file name (letters, digits, '-', '_', '.'; starting with a letter or digit), "
                    "since it names the run folder runs/<name>")
-        lines.append(f"  {key}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "missing" and
+        lines.append(f"  {key}: {msg}" + (f" (got {_ECHO.repr(err['input'])})" if err["type"] != "missing" and
                                           not isinstance(err.get("input"), dict) else ""))
+    if len(errors) > _MAX_LINES:
+        lines.append(f"  ... and {len(errors) - _MAX_LINES} more")
     return f"recipe {source} is invalid:\n" + "\n".join(lines)
 
 
@@ -203,6 +213,8 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], source: 
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise RecipeError(f"--set {item!r}: VALUE is not valid YAML ({e})") from None
+        except RecursionError:
+            raise RecipeError(f"--set {_ECHO.repr(item)}: VALUE is nested too deeply") from None
         *path, last = key.strip().split(".")
         d = data
         for i, k in enumerate(path):
@@ -234,6 +246,8 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...]
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {source} is not valid YAML: {e}") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {source} is nested too deeply to be a recipe") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {source} must be a mapping of keys (name, teacher, stage, data, prune, ...)")
     return parse_recipe(apply_overrides(data, overrides, source) if overrides else data, source)

@@ -14,10 +14,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from ..atomic import atomic_write_text
 from ..errors import MopeError
+from .recipe import Recipe
 
 STATE = "state.json"
 KIND = "mope-compress-run"
@@ -112,3 +115,44 @@ def resumable(changes: list[str]) -> tuple[list[str], bool]:
     """``(blocking fields, report stage must rerun)`` for a list of changed fields."""
     blocking = [c for c in changes if c not in REPORT_FIELDS and c not in FREE_FIELDS]
     return blocking, any(c in REPORT_FIELDS for c in changes)
+
+
+@dataclass
+class RunState:
+    """Which stages are finished and how long each took (``state.json``)."""
+
+    path: Path
+    done: dict[str, float] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, out: Path, recipe: Recipe, restart: bool = False,
+             log: Callable[[str], None] = print) -> "RunState":
+        """The state of run folder ``out`` for ``recipe``: a new run when ``out`` is absent or empty (or with
+        ``restart``), else the recorded one. A recipe changed only in fields later stages read resumes
+        (:mod:`.runs`: the report stage runs again); any other change is refused, naming the fields."""
+        path, new = out / STATE, recipe.model_dump(mode="json")
+        data = check_run_dir(out)
+        if data is None or restart:
+            return cls(path, {}, new)
+        changes = recipe_changes(data["recipe"], new)
+        blocking, rerun_report = resumable(changes)
+        if blocking:
+            shown = ", ".join(blocking[:6]) + (f" and {len(blocking) - 6} more" if len(blocking) > 6 else "")
+            raise RunDirError(f"{out} holds a run of a different recipe ({data['recipe'].get('name')!r}): {shown} "
+                                f"changed, which finished stages already used; use --restart to start over in "
+                                f"{out}, or a new --out (a change to only {', '.join(REPORT_FIELDS + FREE_FIELDS)} "
+                                "resumes)")
+        done = dict(data["done"])
+        if changes:
+            if rerun_report:
+                done.pop("report", None)
+            log(f"recipe changed: {', '.join(changes)}; the finished stages do not depend on "
+                f"{'these' if len(changes) > 1 else 'it'}, resuming" + (" (the report runs again)" if rerun_report
+                                                                        else ""))
+        return cls(path, done, new)
+
+    def finish(self, stage: str, seconds: float) -> None:
+        self.done[stage] = round(seconds, 2)
+        atomic_write_text(self.path, json.dumps({"kind": KIND, "recipe": self.recipe, "done": self.done},
+                                                indent=1))

@@ -21,23 +21,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .graphs import has_external_data, save_graph
+
 #: ops kept in fp32 (with casts around them) in fp16 graphs
 FP32_OPS = ("LayerNormalization", "SkipLayerNormalization", "Softmax", "ReduceMean", "ReduceL2", "ReduceSumSquare",
             "ReduceSum", "ReduceMax", "Pow", "Sqrt", "ArgMax")
-
-
-def _has_external_data(path: Path) -> bool:
-    return any(path.parent.glob(path.name + ".data"))
-
-
-def _save(model, dst: Path, external: bool) -> None:
-    import onnx
-
-    if external:
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(dst))
 
 
 def _elem_types(model) -> dict[str, int]:
@@ -96,7 +84,7 @@ def convert_fp16_graph(src: str | Path, dst: str | Path, fp32_ops: Sequence[str]
         raise ValueError(f"fp16 conversion of {src.name} left {report['fp32_leaked'][:5]} in fp16; they must stay fp32")
     if not report["fp16_ops"].get("MatMul"):
         raise ValueError(f"fp16 conversion of {src.name} produced no fp16 MatMul: nothing would run in fp16")
-    _save(model, dst, _has_external_data(src))
+    save_graph(model, dst, has_external_data(src))
     return {"method": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
             "fp32_ops": list(fp32_ops), "check": report}
 

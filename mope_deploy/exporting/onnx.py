@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,12 +27,10 @@ from torch import nn
 from ..errors import MopeError
 from ..models.slim_clip import SlimCLIP
 from ..vocab import TOWERS
-from .bundle import INPUT_NAMES, OUTPUT_NAME, onnx_name
+from ..bundle.names import INPUT_NAMES, OUTPUT_NAME, onnx_name
 from .config import FP32_ATOL, MIN_OPSET, check_opset, resolve_exporter
-
-# The fp32 graph names, derived from the bundle format (kept for callers that name the plain graphs directly;
-# new code asks mope_deploy.exporting.bundle: onnx_name(tower, variant) / Bundle(root).onnx(tower, variant)).
-IMAGE_FILE, TEXT_FILE = onnx_name("vision"), onnx_name("text")
+from .graphs import (compare_embeddings, graph_opset, onnx_size, ort_session, quiet_loggers, run_session,  # noqa: F401
+                     save_graph)
 
 # Weights above this go to a side file: ONNX protobufs cannot exceed 2 GiB, and loaders that mmap
 # external data use less memory, so we switch well before the limit.
@@ -161,54 +160,32 @@ def _param_bytes(module: nn.Module) -> int:
 
 
 def export_graph(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, opset: int,
-                 exporter: str, external_data: bool) -> None:
-    """Export one encoder to ``path`` with a dynamic batch axis; weights to ``path.data`` if ``external_data``."""
+                 exporter: str, external_data: bool, translation: dict | None = None) -> None:
+    """Export one encoder to ``path`` with a dynamic batch axis; weights to ``path.data`` if ``external_data``.
+    ``translation``: the dynamo exporter's ``custom_translation_table`` (custom ops -> ONNX functions)."""
     path = Path(path)
     quiet = contextlib.redirect_stdout(io.StringIO())
-    with torch.no_grad(), warnings.catch_warnings(), quiet, _quiet_loggers("torch.onnx", "onnxscript"):
+    with torch.no_grad(), warnings.catch_warnings(), quiet, quiet_loggers("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=65536)
+            extra = {"custom_translation_table": translation} if translation else {}
             prog = torch.onnx.export(module, (example,), None, input_names=[input_name],
                                      output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True,
-                                     dynamic_shapes={input_name: {0: batch}}, verbose=False)
+                                     dynamic_shapes={input_name: {0: batch}}, verbose=False, **extra)
             prog.save(str(path), external_data=external_data)
         else:
             torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[OUTPUT_NAME],
                               opset_version=opset, dynamo=False, do_constant_folding=True,
                               dynamic_axes={input_name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
             if external_data:
-                _to_external_data(path)
-    _check_graph(path, input_name)
+                import onnx
+
+                save_graph(onnx.load(str(path)), path, external=True)
+    check_graph(path, input_name)
 
 
-@contextlib.contextmanager
-def _quiet_loggers(*names: str):
-    """The exporters log routine notes (opset up-conversion) as warnings; keep a CLI run readable."""
-    import logging
-
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
-
-
-def _to_external_data(path: Path) -> None:
-    import onnx
-
-    m = onnx.load(str(path))
-    for f in path.parent.glob(path.name + ".data"):
-        f.unlink()
-    onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
-
-
-def _check_graph(path: Path, input_name: str) -> None:
+def check_graph(path: Path, input_name: str) -> None:
     """The saved graph is valid ONNX with the contract's names and a symbolic batch axis."""
     import onnx
 
@@ -223,38 +200,6 @@ def _check_graph(path: Path, input_name: str) -> None:
         if d0.HasField("dim_value"):
             raise ExportError(f"{path.name}: the exporter fixed the batch axis of {v.name!r} to {d0.dim_value}; "
                               "export with a batch of 2 or more and a dynamic batch dimension")
-
-
-def graph_opset(path: str | Path) -> int:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def ort_session(path: str | Path, threads: int | None = None, providers: Iterable[str] = ("CPUExecutionProvider",)):
-    """An ONNX Runtime session (CPU by default) with a bounded thread count."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
-
-
-def run_session(session, inputs: torch.Tensor | np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Run a one-input session in chunks of ``batch_size`` rows."""
-    name = session.get_inputs()[0].name
-    arr = inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs
-    outs = [session.run(None, {name: arr[i:i + batch_size]})[0] for i in range(0, len(arr), batch_size)]
-    return np.concatenate(outs).astype(np.float32)
-
-
-def _diff(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    return {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "n": int(len(a))}
 
 
 @torch.no_grad()
@@ -298,7 +243,8 @@ def parity_check(model: SlimCLIP, bundle_dir: str | Path, normalize: bool = Fals
                 out = np.concatenate(got)
             else:
                 out = run_session(sess, x, batch_size=max(batch_sizes))
-            rep[kind] = _diff(out, ref)
+            c = compare_embeddings(out, ref)
+            rep[kind] = {"max_abs": c["max_abs"], "mean_abs": c["mean_abs"], "n": c["n"]}
             worst = max(worst, rep[kind]["max_abs"])
         report[tower] = rep
     report["max_abs"] = worst
@@ -306,35 +252,46 @@ def parity_check(model: SlimCLIP, bundle_dir: str | Path, normalize: bool = Fals
     return report
 
 
+@dataclass(frozen=True)
+class GraphStyle:
+    """How :func:`write_onnx` traces the towers: the file per tower, a ``view`` of the model to trace instead of
+    the model (``visual``/``text``/``config``, e.g. with fused attention modules), and the dynamo exporter's
+    ``translation`` table for custom ops. The default is the plain fp32 graphs."""
+
+    files: dict[str, str] | None = None
+    view: Callable[[SlimCLIP], Any] | None = None
+    translation: Callable[[], dict] | None = None
+
+
 def write_onnx(model: SlimCLIP, out_dir: str | Path, opset: int = MIN_OPSET, normalize: bool = False,
-               exporter: str = "auto", external_data: bool | None = None,
-               example_batch: int = 2) -> dict[str, Any]:
-    """Write both graphs into an existing directory (not atomic; :func:`~.pipeline.export_bundle` wraps it)."""
+               exporter: str = "auto", external_data: bool | None = None, example_batch: int = 2,
+               style: GraphStyle = GraphStyle()) -> dict[str, Any]:
+    """Write both graphs into an existing directory (not atomic: the bundle writer is); ``style`` picks the
+    files and what is traced (the fused writer passes its own). Returns ``{exporter, normalize, external_data,
+    opset, files}``."""
     check_opset(opset)
     exporter = resolve_exporter(exporter)
     if example_batch < 2:
         raise ValueError("example_batch must be >= 2: exporters specialise a traced batch of 1 into the graph")
     out_dir = Path(out_dir)
     model = as_fp32(model)
+    traced = style.view(model) if style.view else model
+    files = dict(style.files or {t: onnx_name(t) for t in TOWERS})
+    translation = style.translation() if style.translation else None
     g = torch.Generator().manual_seed(0)
     size = model.config.vision.image_size
-    info: dict[str, Any] = {"exporter": exporter, "normalize": normalize, "external_data": {}}
+    info: dict[str, Any] = {"exporter": exporter, "normalize": normalize, "external_data": {}, "files": files}
     for tower, module, example in (
-        ("vision", ImageEncoder(model, normalize), torch.randn(example_batch, 3, size, size, generator=g)),
-        ("text", TextEncoder(model, normalize), random_tokens(model, example_batch, g)),
+        ("vision", ImageEncoder(traced, normalize), torch.randn(example_batch, 3, size, size, generator=g)),
+        ("text", TextEncoder(traced, normalize), random_tokens(model, example_batch, g)),
     ):
         ext = _param_bytes(module) > EXTERNAL_DATA_BYTES if external_data is None else external_data
-        export_graph(module.eval(), example, out_dir / onnx_name(tower), INPUT_NAMES[tower], opset, exporter, ext)
+        export_graph(module.eval(), example, out_dir / files[tower], INPUT_NAMES[tower], opset, exporter, ext,
+                     translation)
         info["external_data"][tower] = ext
-    info["opset"] = graph_opset(out_dir / onnx_name("vision"))
+    info["opset"] = graph_opset(out_dir / files["vision"])
     return info
 
 
-def onnx_size(path: str | Path) -> int:
-    """Bytes of a graph including its external data file."""
-    p = Path(path)
-    return p.stat().st_size + sum(f.stat().st_size for f in p.parent.glob(p.name + ".data"))
-
-
-__all__ = ["ExportError", "ImageEncoder", "TextEncoder", "input_shape", "write_onnx", "parity_check", "pool_positions",
-           "random_tokens", "tokenize", "encoder_specs", "ort_session", "run_session", "onnx_size"]
+__all__ = ["ExportError", "ImageEncoder", "TextEncoder", "GraphStyle", "input_shape", "write_onnx", "export_graph",
+           "check_graph", "parity_check", "pool_positions", "random_tokens", "tokenize", "encoder_specs"]

@@ -17,11 +17,8 @@ Contrib ops run on ONNX Runtime only; TensorRT and other runtimes use the plain 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import types
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,7 +30,7 @@ from torch import nn
 from ..models.config import TowerConfig
 from ..models.slim_clip import Attention, SlimCLIP
 from ..vocab import TOWERS
-from .bundle import INPUT_NAMES, variant_names
+from ..bundle.names import variant_names
 
 #: the bundle variant holding these graphs (``image_encoder.fused.onnx``, ``text_encoder.fused.onnx``)
 FUSED_VARIANT = "fused"
@@ -174,56 +171,29 @@ def check_attention_nodes(path: str | Path, tower: TowerConfig, causal: bool) ->
     return got
 
 
-def export_fused_graph(module: nn.Module, example: torch.Tensor, path: Path, input_name: str,
-                       external_data: bool) -> None:
-    """Export one encoder whose attention modules are :class:`OrtAttention` (dynamo, dynamic batch axis)."""
-    from .onnx import _check_graph, _quiet_loggers
-
-    quiet = contextlib.redirect_stdout(io.StringIO())
-    with torch.no_grad(), warnings.catch_warnings(), quiet, _quiet_loggers("torch.onnx", "onnxscript"):
-        warnings.simplefilter("ignore")
-        batch = torch.export.Dim("batch", min=1, max=65536)
-        prog = torch.onnx.export(module, (example,), None, input_names=[input_name], output_names=["embedding"],
-                                 opset_version=FUSED_OPSET, dynamo=True, dynamic_shapes={input_name: {0: batch}},
-                                 custom_translation_table=_translation_table(), verbose=False)
-        prog.save(str(path), external_data=external_data)
-    _check_graph(Path(path), input_name)
-
-
 def write_fused_onnx(model: SlimCLIP, out_dir: str | Path, normalize: bool = False,
                      external_data: bool | None = None, example_batch: int = 2,
                      files: dict[str, str] | None = None) -> dict[str, Any]:
-    """Write the fused vision and text graphs into ``out_dir`` (not atomic: the bundle writer is) and check
-    their attention nodes against the config (:class:`~.onnx.ExportError` if they do not match). Same I/O
-    contract as the plain graphs; ``files``: ``{tower: file name}``, default the ``fused`` variant's names.
+    """Write the fused vision and text graphs into ``out_dir`` with the plain writer
+    (:func:`~.onnx.write_onnx`, dynamo, opset :data:`FUSED_OPSET`, the towers of :func:`fused_view` and the
+    contrib op's translation) and check their attention nodes against the config
+    (:class:`~.onnx.ExportError` if they do not match). ``files``: ``{tower: file name}``, default the ``fused``
+    variant's names.
 
     Returns ``{"opset", "files", "attention": {tower: [node dicts]}, "external_data", "op", "runtimes"}``.
     """
-    from .onnx import EXTERNAL_DATA_BYTES, ImageEncoder, TextEncoder, _param_bytes, as_fp32, random_tokens
+    from .onnx import GraphStyle, write_onnx
 
-    if example_batch < 2:
-        raise ValueError("example_batch must be >= 2: exporters specialise a traced batch of 1 into the graph")
     files = files or variant_names(FUSED_VARIANT)
-    out_dir = Path(out_dir)
-    model = as_fp32(model)
-    view = fused_view(model)
-    g = torch.Generator().manual_seed(0)
-    size = model.config.vision.image_size
-    info: dict[str, Any] = {"opset": FUSED_OPSET, "files": dict(files), "attention": {}, "external_data": {},
-                            "op": f"{CONTRIB_DOMAIN}::Attention", "runtimes": ["onnxruntime"]}
-    for tower, module, example, cfg, causal in (
-        ("vision", ImageEncoder(view, normalize), torch.randn(example_batch, 3, size, size, generator=g),
-         model.config.vision, False),
-        ("text", TextEncoder(view, normalize), random_tokens(model, example_batch, g), model.config.text,
-         bool(model.config.text.causal)),
-    ):
-        name = INPUT_NAMES[tower]
-        ext = _param_bytes(module) > EXTERNAL_DATA_BYTES if external_data is None else external_data
-        path = out_dir / files[tower]
-        export_fused_graph(module.eval(), example, path, name, ext)
-        nodes = check_attention_nodes(path, cfg, causal)
+    style = GraphStyle(files=dict(files), view=fused_view, translation=_translation_table)
+    written = write_onnx(model, out_dir, opset=FUSED_OPSET, normalize=normalize, exporter="dynamo",
+                         external_data=external_data, example_batch=example_batch, style=style)
+    info: dict[str, Any] = {"opset": FUSED_OPSET, "files": dict(files), "attention": {},
+                            "external_data": written["external_data"], "op": f"{CONTRIB_DOMAIN}::Attention",
+                            "runtimes": ["onnxruntime"]}
+    for tower, causal in (("vision", False), ("text", bool(model.config.text.causal))):
+        nodes = check_attention_nodes(Path(out_dir) / files[tower], model.config.tower(tower), causal)
         info["attention"][tower] = [{k: n[k] for k in ("num_heads", "hidden", "unidirectional")} for n in nodes]
-        info["external_data"][tower] = ext
     return info
 
 
@@ -262,18 +232,15 @@ def compare_graphs(ref_path: str | Path, new_path: str | Path, batches: Sequence
                    threads: int | None = 1) -> dict[str, Any]:
     """Max |difference| and min cosine of ``new_path``'s embeddings vs ``ref_path``'s, each batch run as its
     own call (so a graph that mishandles some batch size shows up)."""
-    from .onnx import ort_session
+    from .graphs import compare_embeddings, ort_session
 
     ref, new = ort_session(ref_path, threads=threads), ort_session(new_path, threads=threads)
     name_r, name_n = ref.get_inputs()[0].name, new.get_inputs()[0].name
     rows, worst, cos_min = [], 0.0, 1.0
     for x in batches:
-        a = ref.run(None, {name_r: x})[0].astype(np.float64)
-        b = new.run(None, {name_n: x})[0].astype(np.float64)
-        d = float(np.abs(a - b).max())
-        cos = float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-30)).min())
-        rows.append({"batch": int(len(x)), "max_abs": d, "min_cosine": cos})
-        worst, cos_min = max(worst, d), min(cos_min, cos)
+        c = compare_embeddings(new.run(None, {name_n: x})[0], ref.run(None, {name_r: x})[0])
+        rows.append({"batch": int(len(x)), "max_abs": c["max_abs"], "min_cosine": c["min_cosine"]})
+        worst, cos_min = max(worst, c["max_abs"]), min(cos_min, c["min_cosine"])
     return {"max_abs": worst, "min_cosine": cos_min, "batches": rows}
 
 

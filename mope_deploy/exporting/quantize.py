@@ -3,6 +3,13 @@
 - :func:`quantize_dynamic_int8`: int8 weights (per channel), activations quantised per call. On a fused graph
   (:mod:`.ort_fused`) each ``com.microsoft::Attention`` becomes ``QAttention``, so the attention's QKV GEMM is
   int8 too; on a plain graph only the weight MatMuls/Gemms are.
+- :func:`quantize_calibrated_int8` (the default int8 method, ``calibrated``): the dynamic graph above with every
+  ``DynamicQuantizeLinear`` replaced by a ``QuantizeLinear`` whose scale and zero point were measured once on
+  calibration inputs. Same int8 kernels (QAttention included), but an input's embedding no longer depends on the
+  other inputs of its batch: dynamic quantisation takes one activation range over the whole batch, so an input
+  encoded alone and inside a batch got different embeddings (the service batches across clients, the indexer
+  encodes in chunks).
+- :func:`batch_invariance`: the measurement (each input alone vs inside batches).
 - :func:`quantize_static_qdq`: QuantizeLinear/DequantizeLinear pairs with scales calibrated on real batches,
   standard ONNX ops only (TensorRT's explicit-precision int8 reads them; ORT fuses them into int8 kernels).
   By default every MatMul is quantised, the attention's ``QK^T`` and ``softmax(.)V`` included.
@@ -13,13 +20,14 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from .graphs import has_external_data, quiet_loggers, quiet_root_warnings
 
 #: ops whose weights are quantised by default; Conv (the patch embedding) and Gather (token table) stay fp32:
 #: a small share of the time, and int8 there costs accuracy for nothing on CPU
@@ -28,20 +36,12 @@ STATIC_OPS = ("MatMul", "Gemm")
 CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
 
 
-def _has_external_data(path: Path) -> bool:
-    return any(Path(path).parent.glob(Path(path).name + ".data"))
-
-
 @contextlib.contextmanager
 def _quiet():
-    """ORT's quantiser logs a generic "consider pre-processing" warning on every call."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    """ORT's quantiser logs a generic "consider pre-processing" warning on every call (through the root logger):
+    filtered for the call only; no logger's level changes."""
+    with quiet_loggers(), quiet_root_warnings():
         yield
-    finally:
-        root.setLevel(level)
 
 
 def quantize_dynamic_int8(src: str | Path, dst: str | Path, attention: bool = True, per_channel: bool = True,
@@ -59,7 +59,7 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path, attention: bool = Tr
         # QInt8 weights use the VNNI/AMX integer kernels of x86 CPUs
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=ops,
                          per_channel=per_channel, nodes_to_exclude=list(exclude_nodes),
-                         use_external_data_format=_has_external_data(Path(src)),
+                         use_external_data_format=has_external_data(Path(src)),
                          # fused contrib ops defeat ONNX shape inference: their outputs are fp32
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
@@ -135,7 +135,7 @@ def quantize_static_qdq(onnx_in: str | Path, onnx_out: str | Path, calibration_b
         quantize_static(str(onnx_in), str(onnx_out), reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(op_types), per_channel=per_channel,
                         nodes_to_exclude=list(exclude_nodes), activation_type=act, weight_type=QuantType.QInt8,
-                        calibrate_method=method, use_external_data_format=_has_external_data(onnx_in),
+                        calibrate_method=method, use_external_data_format=has_external_data(onnx_in),
                         calibration_providers=["CPUExecutionProvider"],
                         extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True,
                                        "CalibTensorRangeSymmetric": symmetric_activations,
@@ -175,7 +175,7 @@ def quantizable_nodes(path: str | Path, op_types: Sequence[str] = DYNAMIC_OPS + 
 
 
 def _embed(path: Path, batches: Sequence[np.ndarray], threads: int | None) -> np.ndarray:
-    from .onnx import ort_session
+    from .graphs import ort_session
 
     s = ort_session(path, threads=threads)
     name = s.get_inputs()[0].name
@@ -232,6 +232,132 @@ def pick_fp32_nodes(report: dict[str, Any], max_nodes: int = 3, min_gain: float 
     return [r["node"] for r in report["nodes"][:max_nodes] if r["gain"] > min_gain]
 
 
-__all__ = ["quantize_dynamic_int8", "quantize_static_qdq", "BatchReader", "calibration_batches", "quantizable_nodes",
+#: int8 methods and whether each gives an input the same embedding alone and in any batch
+BATCH_INVARIANT = {"calibrated": True, "static": True, "dynamic": False}
+
+
+def _dql_nodes(model) -> list:
+    return [n for n in model.graph.node if n.op_type == "DynamicQuantizeLinear" and n.domain in ("", "ai.onnx")]
+
+
+def _save_like(model, dst: Path, external: bool) -> None:
+    import onnx
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if external:  # external weights beside the graph, under its name (the bundle's convention)
+        data = dst.with_name(dst.name + ".data")
+        data.unlink(missing_ok=True)
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name)
+    else:
+        onnx.save_model(model, str(dst))
+
+
+def activation_ranges(path: str | Path, batches: Sequence[np.ndarray], threads: int | None = None
+                      ) -> dict[str, tuple[float, float]]:
+    """Min and max (0 included, as ``DynamicQuantizeLinear`` takes them) of every ``DynamicQuantizeLinear``
+    input of the graph at ``path`` over all ``batches``."""
+    import onnx
+
+    from .graphs import ort_session
+
+    path = Path(path)
+    m = onnx.load(str(path))
+    names = list(dict.fromkeys(n.input[0] for n in _dql_nodes(m)))
+    if not names:
+        raise ValueError(f"{path}: no DynamicQuantizeLinear node to calibrate (quantise it dynamically first)")
+    have = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    lo = {n: 0.0 for n in names}
+    hi = {n: 0.0 for n in names}
+    with tempfile.TemporaryDirectory(prefix="mope-calib-") as tmp:
+        aug = Path(tmp) / path.name
+        _save_like(m, aug, external=True)
+        del m
+        s = ort_session(aug, threads=threads)
+        feed_name = s.get_inputs()[0].name
+        for b in batches:
+            for name, v in zip(names, s.run(names, {feed_name: np.ascontiguousarray(b)})):
+                lo[name] = min(lo[name], float(v.min()))
+                hi[name] = max(hi[name], float(v.max()))
+        del s
+    return {n: (lo[n], hi[n]) for n in names}
+
+
+def uint8_scale(lo: float, hi: float) -> tuple[float, int]:
+    """Scale and zero point of ``DynamicQuantizeLinear`` for the range [lo, hi] (0 inside it)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255.0
+    if not scale > 0:
+        return 1.0, 0
+    return scale, int(np.clip(np.round(-lo / scale), 0, 255))
+
+
+def quantize_calibrated_int8(src: str | Path, dst: str | Path, calibration_batches: Sequence[np.ndarray],
+                             attention: bool = True, exclude_nodes: Sequence[str] = (),
+                             threads: int | None = None) -> dict[str, Any]:
+    """Batch-invariant int8: :func:`quantize_dynamic_int8`, then each ``DynamicQuantizeLinear`` becomes a
+    ``QuantizeLinear`` with the scale and zero point of the activation's range on ``calibration_batches``
+    (uint8, asymmetric, as the dynamic graph had). Consumers (``MatMulInteger``, ``QAttention``) are unchanged,
+    so the same int8 kernels run; values outside the calibrated range saturate (the recall gate judges that)."""
+    import onnx
+    from onnx import numpy_helper
+
+    src, dst = Path(src), Path(dst)
+    batches = list(calibration_batches)
+    if not batches:
+        raise ValueError("no calibration batches: give at least one batch of real inputs (--eval-data)")
+    info = quantize_dynamic_int8(src, dst, attention=attention, exclude_nodes=exclude_nodes)
+    ranges = activation_ranges(dst, batches, threads)
+    m = onnx.load(str(dst))
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type != "DynamicQuantizeLinear" or n.domain not in ("", "ai.onnx"):
+            nodes.append(n)
+            continue
+        scale, zp = uint8_scale(*ranges[n.input[0]])
+        # the scale/zero-point outputs become constants under the same names: consumers need no rewiring
+        m.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), n.output[1]),
+                                    numpy_helper.from_array(np.array(zp, np.uint8), n.output[2])])
+        nodes.append(onnx.helper.make_node("QuantizeLinear", [n.input[0], n.output[1], n.output[2]], [n.output[0]],
+                                           name=(n.name or n.output[0]) + "_static"))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    _save_like(m, dst, external=has_external_data(src))
+    return {**info, "method": "calibrated", "activation_scales": "calibrated (per tensor, uint8, min/max)",
+            "quantiser": info["method"], "calibration_batches": len(batches),
+            "calibration_inputs": int(sum(len(b) for b in batches)), "static_activations": len(ranges)}
+
+
+def batch_invariance(path: str | Path, inputs: np.ndarray, batch_sizes: Sequence[int] = (3, 8),
+                     threads: int | None = None) -> dict[str, Any]:
+    """How much an input's L2-normalised embedding moves between being encoded alone and inside batches of
+    ``batch_sizes`` (consecutive rows of ``inputs``). ``max_abs``: the largest element difference."""
+    from .graphs import ort_session
+
+    s = ort_session(path, threads=threads)
+    name = s.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        y = s.run(None, {name: np.ascontiguousarray(x)})[0].astype(np.float64)
+        return y / (np.linalg.norm(y, axis=-1, keepdims=True) + 1e-30)
+
+    n = max(batch_sizes)
+    if len(inputs) < n:
+        raise ValueError(f"batch_invariance needs at least {n} inputs, got {len(inputs)}")
+    alone = np.concatenate([run(inputs[i:i + 1]) for i in range(n)])
+    out: dict[str, Any] = {"batch_sizes": list(batch_sizes), "max_abs": 0.0}
+    for b in batch_sizes:
+        together = np.concatenate([run(inputs[i:i + b]) for i in range(0, n - n % b or b, b)])
+        d = float(np.abs(together - alone[:len(together)]).max())
+        out[f"max_abs_b{b}"] = d
+        out["max_abs"] = max(out["max_abs"], d)
+    return out
+
+
+__all__ = ["quantize_dynamic_int8", "quantize_calibrated_int8", "quantize_static_qdq", "batch_invariance",
+           "activation_ranges", "uint8_scale", "BATCH_INVARIANT", "BatchReader", "calibration_batches", "quantizable_nodes",
            "sensitivity",
            "pick_fp32_nodes", "cosine_stats"]

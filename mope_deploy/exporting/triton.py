@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from ..models.slim_clip import SlimCLIP
 from ..resources import TEMPLATES, read_text
-from .bundle import DEPLOY_NAMES, INPUT_NAMES, TRITON_DIR
+from ..bundle.names import DEPLOY_NAMES, INPUT_NAMES, TRITON_DIR
 from .config import ExportConfigError
 from .onnx import input_shape
 
@@ -51,11 +51,11 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def write_repository(bundle_dir: str | Path, model: SlimCLIP, variant_files: dict[str, str],
-                     engines: dict[str, dict[str, Any]] | None = None, max_batch: int = 64,
+                     engines: dict[str, str] | None = None, max_batch: int = 64,
                      preferred: Sequence[int] = (8, 64), prefix: str = "clip",
                      onnx_instance_kind: str | None = None) -> dict[str, Any]:
     """Write ``bundle_dir/triton/`` from the bundle's ONNX files (``variant_files``: tower -> file) and
-    TensorRT engines (``engines``: tower -> ``{"file": ...}``); returns the model names and files."""
+    TensorRT engines (``engines``: tower -> engine file name); returns the model names and files."""
     bundle_dir = Path(bundle_dir)
     repo = bundle_dir / TRITON_DIR
     e = model.config.embed_dim
@@ -73,8 +73,8 @@ def write_repository(bundle_dir: str | Path, model: SlimCLIP, variant_files: dic
         models[name] = {"backend": "onnxruntime", "source": variant_files[tower], "tower": tower}
         if engines and tower in engines:
             name = f"{prefix}_{word}_trt"
-            _place(bundle_dir / engines[tower]["file"], repo / name / "1" / "model.plan")
+            _place(bundle_dir / engines[tower], repo / name / "1" / "model.plan")
             (repo / name / "config.pbtxt").write_text(render_config(
                 "tensorrt_plan", name, input_name, dtype, dims, e, max_batch, preferred))
-            models[name] = {"backend": "tensorrt_plan", "source": engines[tower]["file"], "tower": tower}
+            models[name] = {"backend": "tensorrt_plan", "source": engines[tower], "tower": tower}
     return {"repository": TRITON_DIR, "models": models, "max_batch_size": max_batch}

@@ -13,11 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .onnx import ort_session, run_session
-
-
-def _has_external_data(path: Path) -> bool:
-    return any(path.parent.glob(path.name + ".data"))
+from .graphs import compare_embeddings, has_external_data, ort_session, run_session
 
 
 def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "clip") -> dict[str, int]:
@@ -29,40 +25,8 @@ def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "clip") ->
     src, dst = Path(src), Path(dst)
     # num_heads/hidden_size 0: read from the graph per node, since pruned blocks differ in head count
     om = optimize_model(str(src), model_type=model_type, num_heads=0, hidden_size=0, opt_level=0)
-    om.save_model_to_file(str(dst), use_external_data_format=_has_external_data(src))
+    om.save_model_to_file(str(dst), use_external_data_format=has_external_data(src))
     return {k: int(v) for k, v in om.get_fused_operator_statistics().items() if v}
-
-
-def quantize_int8(src: str | Path, dst: str | Path) -> dict[str, Any]:
-    """Dynamic int8 quantisation (int8 weights, activations quantised per call) of MatMul/Gemm with ORT.
-
-    The token embedding table (Gather) and the patch Conv stay fp32: they are a small share of the
-    compute and quantising them costs recall for nothing on CPU.
-    """
-    src, dst = Path(src), Path(dst)
-    ops = ["MatMul", "Gemm"]
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # ORT logs a generic "consider pre-processing" warning on every call
-    try:
-        _quantize(src, dst, ops)
-    finally:
-        root.setLevel(level)
-    return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": True,
-            "op_types": ops}
-
-
-def _quantize(src: Path, dst: Path, ops: list[str]) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # QInt8 weights use the VNNI/AVX2 integer kernels of x86 CPUs
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=ops,
-                     per_channel=True, use_external_data_format=_has_external_data(src),
-                     # fused contrib ops (BiasGelu, SkipLayerNorm) defeat ONNX shape inference: their outputs are fp32
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, Any]:
@@ -116,8 +80,6 @@ def embedding_agreement(ref_files: tuple[Path, Path], files: tuple[Path, Path], 
     out = {}
     for tower, x, ref, new in (("vision", images.float(), ref_files[0], files[0]),
                                ("text", tokens.to(torch.int32), ref_files[1], files[1])):
-        a = run_session(ort_session(ref), x, 16)
-        b = run_session(ort_session(new), x, 16)
-        cos = (_normalize(a) * _normalize(b)).sum(-1)
-        out[tower] = {"max_abs": float(np.abs(a - b).max()), "min_cosine": float(cos.min())}
+        c = compare_embeddings(run_session(ort_session(new), x, 16), run_session(ort_session(ref), x, 16))
+        out[tower] = {"max_abs": c["max_abs"], "min_cosine": c["min_cosine"]}
     return out

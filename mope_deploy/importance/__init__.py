@@ -12,7 +12,7 @@ from torch import Tensor
 from ..models.slim_clip import SlimCLIP
 from .baselines import gradient_table, magnitude_table
 from .gradient import gradient_importance, permute_ffn_, rewire_ffn
-from .mope import ImportanceError, Probe, count_block_forwards, mope_table
+from .mope import ImportanceError, MoPESettings, Probe, count_block_forwards, mope_table
 from ..vocab import METHODS, METRICS, TOWERS
 from .table import ScoreTable, ScoreTableError, TowerScores, group_bounds, model_hash
 
@@ -32,9 +32,9 @@ def score(model: SlimCLIP, images: Tensor | None = None, tokens: Tensor | None =
     if method == "gradient":
         allowed = {k: v for k, v in kwargs.items() if k in ("batch_size", "dataset")}
         return gradient_table(model, images, tokens, txt2img, towers, n_groups, **allowed)
-    return mope_table(model, images, tokens, txt2img, towers=towers, n_groups=n_groups, **kwargs)
+    return mope_table(model, images, tokens, txt2img, towers=tuple(towers), n_groups=n_groups, **kwargs)
 
 
-__all__ = ["score", "mope_table", "magnitude_table", "gradient_table", "gradient_importance", "rewire_ffn",
+__all__ = ["score", "mope_table", "MoPESettings", "magnitude_table", "gradient_table", "gradient_importance", "rewire_ffn",
            "permute_ffn_", "Probe", "count_block_forwards", "ScoreTable", "ScoreTableError", "TowerScores",
            "group_bounds", "model_hash", "ImportanceError", "METHODS", "METRICS", "TOWERS"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import torch
@@ -240,38 +240,54 @@ def _run_chunks_naive(model: SlimCLIP, tower: str, inputs: dict[str, Tensor], ch
     return results
 
 
+@dataclass(frozen=True)
+class MoPESettings:
+    """How :func:`mope_table` probes: ``towers``, ``metric`` (the recall figure a removal is judged by),
+    ``n_groups`` (FFN neuron groups per block), ``batch_size`` (encoding), ``probe_batch`` (probes run together),
+    ``cached`` (False = the naive reference: every probe re-encodes both towers), ``neuron_orders`` (given FFN
+    orders instead of DynaBERT rewiring), ``dataset`` (recorded in the table)."""
+
+    towers: tuple[str, ...] = TOWERS
+    metric: str = "recall_mean"
+    n_groups: int = 32
+    batch_size: int = 64
+    probe_batch: int = 16
+    cached: bool = True
+    neuron_orders: dict[str, list[list[int]]] | None = None
+    dataset: str | None = None
+
+
 def mope_table(model: SlimCLIP, images: Tensor, tokens: Tensor, txt2img: Tensor,
-               towers: tuple[str, ...] | list[str] = TOWERS, metric: str = "recall_mean", n_groups: int = 32,
-               batch_size: int = 64, probe_batch: int = 16, cached: bool = True,
-               neuron_orders: dict[str, list[list[int]]] | None = None, dataset: str | None = None,
-               progress: Progress | None = None) -> ScoreTable:
-    """MoPE cost tables ``C_head``, ``C_neuron``, ``C_layer`` for ``towers`` of ``model`` on a validation set.
+               settings: MoPESettings | None = None, progress: Progress | None = None, **overrides) -> ScoreTable:
+    """MoPE cost tables ``C_head``, ``C_neuron``, ``C_layer`` for the settings' towers of ``model``.
 
     ``images`` [N,3,S,S] / ``tokens`` [M,ctx] / ``txt2img`` [M] are the preprocessed validation set (see
-    :func:`mope_deploy.eval.retrieval.encode_inputs`). Neuron groups: FFN neurons are ordered by loss-gradient
-    importance (DynaBERT rewiring) unless ``neuron_orders`` is given, then cut into ``n_groups`` contiguous
-    groups. ``cached=False`` runs the naive reference (every probe re-encodes both towers). Inside a
+    :func:`mope_deploy.eval.retrieval.encode_inputs`); ``overrides`` replace single fields of ``settings``
+    (:class:`MoPESettings`). Neuron groups: FFN neurons are ordered by loss-gradient importance (DynaBERT
+    rewiring) unless ``neuron_orders`` is given, then cut into ``n_groups`` contiguous groups. Inside a
     ``torchrun`` process group the probes are sharded across ranks and every rank returns the full table.
     ``progress(done, total)`` is called as this rank's probes finish.
     """
-    towers = _check_args(model, towers, metric, n_groups, batch_size, probe_batch)
+    st = replace(settings or MoPESettings(), **overrides)
+    towers = _check_args(model, st.towers, st.metric, st.n_groups, st.batch_size, st.probe_batch)
     txt2img = torch.as_tensor(txt2img).long()
     rank, world = D.rank_world()
     t0 = time.perf_counter()
     model.eval()
+    neuron_orders = st.neuron_orders
     if neuron_orders is None:
         grads = None
         if rank == 0:  # one rank decides the groups, so every rank probes the same ones
-            g = gradient_importance(model, images, tokens, txt2img, towers, batch_size)
+            g = gradient_importance(model, images, tokens, txt2img, towers, st.batch_size)
             grads = {n: [importance_order(s) for s in g[n]["neuron"]] for n in towers}
         neuron_orders = D.broadcast_object(grads)
-    groups = {n: [_groups(o, n_groups) for o in neuron_orders[n]] for n in towers}
+    groups = {n: [_groups(o, st.n_groups) for o in neuron_orders[n]] for n in towers}
     inputs = {"vision": images, "text": tokens}
     with count_block_forwards(model) as counts:
-        full = {n: _tower_emb(model, n, inputs[n], batch_size) for n in TOWERS}
-        full_metric = retrieval_metrics(full["vision"], full["text"], txt2img)[metric]
+        full = {n: _tower_emb(model, n, inputs[n], st.batch_size) for n in TOWERS}
+        full_metric = retrieval_metrics(full["vision"], full["text"], txt2img)[st.metric]
         all_chunks = [(n, c) for n in towers for c in chunk_probes(build_probes(model, n, groups[n]),
-                                                                    probe_batch if cached else 1)]
+                                                                    st.probe_batch if st.cached else 1)]
         mine = [(i, n, c) for i, (n, c) in enumerate(all_chunks) if i % world == rank]
         total, done = sum(len(c) for _, _, c in mine), 0
 
@@ -284,34 +300,39 @@ def mope_table(model: SlimCLIP, images: Tensor, tokens: Tensor, txt2img: Tensor,
         results: dict[Probe, float] = {}
         for n in towers:
             chunks = [(i, c) for i, name, c in mine if name == n]
-            if cached:
+            if st.cached:
                 other = full["text" if n == "vision" else "vision"]
-                results.update(_run_chunks_cached(model, n, inputs[n], chunks, groups[n], other, txt2img, metric,
-                                                  batch_size, on_done))
+                results.update(_run_chunks_cached(model, n, inputs[n], chunks, groups[n], other, txt2img,
+                                                  st.metric, st.batch_size, on_done))
             else:
-                results.update(_run_chunks_naive(model, n, inputs, chunks, groups[n], txt2img, metric, batch_size,
-                                                 on_done))
+                results.update(_run_chunks_naive(model, n, inputs, chunks, groups[n], txt2img, st.metric,
+                                                 st.batch_size, on_done))
     local = {"results": [(p.tower, p.kind, p.block, p.index, v) for p, v in results.items()],
              "block_forwards": dict(counts)}
-    gathered = D.gather_objects(local)
+    table = _assemble(model, st, towers, D.gather_objects(local), groups, neuron_orders, full_metric)
+    table.meta.update({"world_size": world, "n_images": int(images.shape[0]), "n_captions": int(tokens.shape[0]),
+                       "seconds": round(time.perf_counter() - t0, 3)})
+    return table
+
+
+def _assemble(model: SlimCLIP, st: MoPESettings, towers: tuple[str, ...], gathered: list[dict], groups: dict,
+              neuron_orders: dict, full_metric: float) -> ScoreTable:
+    """The ScoreTable from every rank's probe results: cost = full metric - metric without the module."""
     merged = {(t, k, b, i): v for g in gathered for t, k, b, i, v in g["results"]}
     forwards = {n: sum(g["block_forwards"][n] for g in gathered) for n in TOWERS}
     table_towers = {}
     for n in towers:
-        tower = model.tower(n)
         head, neuron, layer = [], [], []
-        for l, blk in enumerate(tower.blocks):
+        for l, blk in enumerate(model.tower(n).blocks):
             head.append([full_metric - merged[(n, "head", l, h)] for h in range(blk.attn.heads)]
                         if blk.attn is not None else [])
             neuron.append([full_metric - merged[(n, "neuron", l, g)] for g in range(len(groups[n][l]))]
                           if blk.mlp is not None else [])
             layer.append(full_metric - merged[(n, "layer", l, 0)])
         table_towers[n] = TowerScores(head=head, neuron=neuron, layer=layer, neuron_order=neuron_orders[n])
-    return ScoreTable(method="mope", model_hash=model_hash(model), towers=table_towers, n_groups=n_groups,
-                      metric=metric, dataset=dataset, full_metric=full_metric,
-                      meta={"cached": cached, "world_size": world, "probes": len(merged),
-                            "n_images": int(images.shape[0]), "n_captions": int(tokens.shape[0]),
-                            "block_forwards": forwards, "seconds": round(time.perf_counter() - t0, 3)})
+    return ScoreTable(method="mope", model_hash=model_hash(model), towers=table_towers, n_groups=st.n_groups,
+                      metric=st.metric, dataset=st.dataset, full_metric=full_metric,
+                      meta={"cached": st.cached, "probes": len(merged), "block_forwards": forwards})
 
 
 def _groups(order: list[int], n_groups: int) -> list[list[int]]:

@@ -9,18 +9,16 @@ rewired FFN, expressed in the teacher's own neuron indices so that no weights ev
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..atomic import atomic_write_text
 from ..errors import MopeError
 from ..models.config import CLIPConfig
+from ..models.identity import model_hash, weights_hash  # noqa: F401  (re-exported; one definition)
 from ..vocab import METHODS, TOWERS
 
 FORMAT_VERSION = 1
@@ -47,21 +45,6 @@ def group_bounds(n_neurons: int, n_groups: int) -> list[int]:
     """Boundaries of ``n_groups`` contiguous groups over ``n_neurons`` (sizes differ by at most one)."""
     n = max(1, min(n_groups, n_neurons)) if n_neurons else 0
     return [g * n_neurons // n for g in range(n + 1)] if n else [0]
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """SHA-256 (16 hex) over every tensor of the state dict, in key order (names, shapes, dtypes, bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def model_hash(model) -> str:
-    """``arch_hash:weights_hash``: identifies both the shape and the weights a table was measured on."""
-    return f"{model.config.arch_hash()}:{weights_hash(model)}"
 
 
 @dataclass

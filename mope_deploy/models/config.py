@@ -2,18 +2,28 @@
 
 A config round-trips through JSON (``to_dict`` / ``from_dict``) and is everything needed to build a
 :class:`~mope_deploy.models.slim_clip.SlimCLIP` of the right shape; weights live apart from it.
+
+Every field (the towers, the blocks, the preprocessing and tokenizer settings, the weight-sparsity record) is
+checked by ONE schema, :class:`ConfigFields` (pydantic, strict types, no unknown keys), both when a config is
+read (``from_dict``) and when one built in code is validated (``validate``); a bad value is a
+:class:`ConfigError` naming the field, before anything uses it. The dataclasses stay the in-memory form and
+``config.json``'s format is unchanged.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..errors import MopeError
-from ..vocab import TOWERS
+from ..vocab import RECOVERY, SPARSITY_METHODS, TOWERS
 
 Act = Literal["gelu", "quick_gelu"]
 
@@ -34,10 +44,6 @@ class BlockConfig:
     mlp: int
     source: int
 
-    def validate(self, where: str) -> None:
-        for name in ("heads", "mlp", "source"):
-            _check_int(f"{where}.{name}", getattr(self, name), 0, LIMITS[name])
-
 
 @dataclass
 class TowerConfig:
@@ -53,25 +59,6 @@ class TowerConfig:
     def depth(self) -> int:
         return len(self.blocks)
 
-    def validate(self, where: str) -> None:
-        _check_int(f"{where}.width", self.width, 1, LIMITS["width"])
-        _check_int(f"{where}.head_dim", self.head_dim, 1, LIMITS["head_dim"])
-        if not isinstance(self.blocks, list) or len(self.blocks) > LIMITS["depth"]:
-            raise ConfigError(f"{where}.blocks must be a list of at most {LIMITS['depth']} blocks, "
-                              f"got {_short(self.blocks)}")
-        if not all(isinstance(b, BlockConfig) for b in self.blocks):
-            raise ConfigError(f"{where}.blocks: every block is a mapping with heads, mlp and source")
-        ok = isinstance(self.ln_eps, (int, float)) and not isinstance(self.ln_eps, bool)
-        if not ok or not 0 < self.ln_eps < 1:
-            raise ConfigError(f"{where}.ln_eps must be a small positive number (e.g. 1e-5), got {_short(self.ln_eps)}")
-        if self.act not in ("gelu", "quick_gelu"):
-            raise ConfigError(f"{where}.act must be 'gelu' or 'quick_gelu', got {self.act!r}")
-        for i, b in enumerate(self.blocks):
-            b.validate(f"{where}.blocks[{i}]")
-        sources = [b.source for b in self.blocks]
-        if sources != sorted(set(sources)):
-            raise ConfigError(f"{where}.blocks: sources must be strictly increasing, got {sources}")
-
 
 @dataclass
 class VisionConfig(TowerConfig):
@@ -84,16 +71,6 @@ class VisionConfig(TowerConfig):
     @property
     def num_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2 + 1
-
-    def validate(self, where: str = "vision") -> None:
-        super().validate(where)
-        _check_int(f"{where}.image_size", self.image_size, 1, LIMITS["image_size"])
-        _check_int(f"{where}.patch_size", self.patch_size, 1, self.image_size)
-        _check_bool(where, self, ("final_ln_after_pool", "ln_pre"))
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"{where}: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.pool not in ("tok", "avg"):
-            raise ConfigError(f"{where}.pool must be 'tok' or 'avg', got {self.pool!r}")
 
 
 @dataclass
@@ -108,15 +85,6 @@ class TextConfig(TowerConfig):
     @property
     def num_tokens(self) -> int:
         return self.context_length
-
-    def validate(self, where: str = "text") -> None:
-        super().validate(where)
-        _check_int(f"{where}.context_length", self.context_length, 1, LIMITS["context_length"])
-        _check_int(f"{where}.vocab_size", self.vocab_size, 1, LIMITS["vocab_size"])
-        _check_int(f"{where}.eos_id", self.eos_id, 0, self.vocab_size - 1)
-        _check_bool(where, self, ("causal", "proj_bias"))
-        if self.pool not in ("argmax", "eos", "first", "last"):
-            raise ConfigError(f"{where}.pool must be one of argmax, eos, first, last; got {self.pool!r}")
 
 
 @dataclass
@@ -136,7 +104,7 @@ class CLIPConfig:
     tokenizer: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     # Weight sparsity (pattern, method, per-block ratios) written by mope_deploy.sparsity; {} for dense models.
-    # Not architecture: the zeros live in the weights, so it stays out of arch_hash.
+    # Not architecture: the zeros live in the weights, so it stays out of arch_hash. Schema: SparsityRecord.
     sparsity: dict[str, Any] = field(default_factory=dict)
 
     def tower(self, name: str) -> TowerConfig:
@@ -145,16 +113,12 @@ class CLIPConfig:
         return getattr(self, name)
 
     def validate(self) -> "CLIPConfig":
-        _check_int("embed_dim", self.embed_dim, 1, LIMITS["width"])
-        _check_bool("config", self, ("logit_bias",))
-        for name in ("preprocess", "tokenizer", "provenance", "sparsity"):
-            if not isinstance(getattr(self, name), dict):
-                raise ConfigError(f"{name} must be a mapping, got {_short(getattr(self, name))}")
-        for name, cls in (("vision", VisionConfig), ("text", TextConfig)):
-            if not isinstance(getattr(self, name), cls):
-                raise ConfigError(f"{name} must be a mapping of the {name} tower's fields")
-        self.vision.validate("vision")
-        self.text.validate("text")
+        """Check every field against :class:`ConfigFields` (as it would be saved: through JSON)."""
+        try:
+            d = json.loads(json.dumps(self.to_dict()))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config holds a value that is not plain JSON data ({e})") from None
+        check_fields(d)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,16 +126,14 @@ class CLIPConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"a config is a mapping of fields (embed_dim, vision, text, ...), got {_short(d)}")
-        try:
-            d = dict(d)
-            vision = _tower_from_dict(VisionConfig, d.pop("vision"), "vision")
-            text = _tower_from_dict(TextConfig, d.pop("text"), "text")
-            _check_keys(cls, d, "config", skip=set(TOWERS))
-            return cls(vision=vision, text=text, **d).validate()
-        except KeyError as e:
-            raise ConfigError(f"config is missing the field {e.args[0]!r}") from None
+        """A config from its JSON form; every field is checked first (:class:`ConfigError` names the field)."""
+        check_fields(d)
+        d = copy.deepcopy(d)
+        towers = {}
+        for name, tcls in (("vision", VisionConfig), ("text", TextConfig)):
+            t = d.pop(name)
+            towers[name] = tcls(**{**t, "blocks": [BlockConfig(**b) for b in t["blocks"]]})
+        return cls(**towers, **d)
 
     def arch_dict(self) -> dict[str, Any]:
         """The architecture alone (no provenance): what decides the shapes of the weights."""
@@ -184,37 +146,12 @@ class CLIPConfig:
         return hashlib.sha256(json.dumps(self.arch_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _check_keys(cls, d: dict, where: str, skip: set[str] = frozenset()) -> None:
-    allowed = {f.name for f in dataclasses.fields(cls)} - set(skip)
-    unknown = set(d) - allowed
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+def uniform_blocks(depth: int, heads: int, mlp: int) -> list[BlockConfig]:
+    """``depth`` identical blocks, sources 0..depth-1 (an unpruned tower)."""
+    return [BlockConfig(heads=heads, mlp=mlp, source=i) for i in range(depth)]
 
 
-def _tower_from_dict(cls, d: dict[str, Any], where: str):
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where} must be a mapping of the tower's fields, got {_short(d)}")
-    d = dict(d)
-    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING]
-    missing = [n for n in required if n not in d]
-    if missing:
-        raise ConfigError(f"{where} is missing the field {missing[0]!r}")
-    raw = d.pop("blocks")
-    if not isinstance(raw, list):
-        raise ConfigError(f"{where}.blocks must be a list of blocks, got {_short(raw)}")
-    blocks = []
-    for i, b in enumerate(raw):
-        if not isinstance(b, dict):
-            raise ConfigError(f"{where}.blocks[{i}] must be a mapping with heads, mlp and source, got {_short(b)}")
-        _check_keys(BlockConfig, b, f"{where}.blocks[{i}]")
-        missing = [f.name for f in dataclasses.fields(BlockConfig) if f.name not in b]
-        if missing:
-            raise ConfigError(f"{where}.blocks[{i}] is missing the field {missing[0]!r}")
-        blocks.append(BlockConfig(**b))
-    _check_keys(cls, d, where, skip={"blocks"})
-    return cls(blocks=blocks, **d)
-
+# ------------------------------------------------------------------------------------- the one schema
 
 # Upper bounds of sane sizes (the largest open_clip models are well inside them): a typo such as a width
 # of 1e9 is a clear error naming the field, not a multi-gigabyte allocation.
@@ -227,21 +164,243 @@ def _short(v: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
-def _check_int(where: str, v: Any, lo: int, hi: int) -> None:
-    """``v`` must be an int (not a bool or a float such as 64.0) in ``lo..hi``; the message names the field."""
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise ConfigError(f"{where} must be an integer, got {_short(v)} ({type(v).__name__})")
-    if not lo <= v <= hi:
-        raise ConfigError(f"{where} must be between {lo} and {hi}, got {v}")
+def _fail(text: str, field: str | None = None) -> PydanticCustomError:
+    """A schema error whose text follows the field's dotted name ("vision.width must be ...")."""
+    return PydanticCustomError("mope", "{text}", {"text": text, "field": field})
 
 
-def _check_bool(where: str, obj: Any, names: tuple[str, ...]) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if not isinstance(v, bool):
-            raise ConfigError(f"{where}.{name} must be true or false, got {_short(v)}")
+def _between(lo: int | float, hi: int | float):
+    def check(v):
+        if not lo <= v <= hi:
+            raise _fail(f"must be between {lo} and {hi}, got {v}")
+        return v
+    return AfterValidator(check)
 
 
-def uniform_blocks(depth: int, heads: int, mlp: int) -> list[BlockConfig]:
-    """``depth`` identical blocks, sources 0..depth-1 (an unpruned tower)."""
-    return [BlockConfig(heads=heads, mlp=mlp, source=i) for i in range(depth)]
+def _size(name: str, lo: int = 1):
+    return Annotated[int, _between(lo, LIMITS[name])]
+
+
+Fraction = Annotated[float, _between(0, 1)]
+
+
+class _Fields(BaseModel):
+    """Strict: 64.0 is not an int, "true" not a bool, NaN not a number; an unknown key is an error."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class BlockFields(_Fields):
+    heads: _size("heads", 0)
+    mlp: _size("mlp", 0)
+    source: _size("source", 0)
+
+
+class _TowerFields(_Fields):
+    width: _size("width")
+    head_dim: _size("head_dim")
+    blocks: Annotated[list[BlockFields], Field(max_length=LIMITS["depth"])]
+    act: Act = "gelu"
+    ln_eps: Annotated[float, _between(1e-12, 0.5)] = 1e-5
+
+    @model_validator(mode="after")
+    def _sources(self):
+        sources = [b.source for b in self.blocks]
+        if sources != sorted(set(sources)):
+            raise _fail(f"sources must be strictly increasing, got {_short(sources)}", "blocks")
+        return self
+
+
+class VisionFields(_TowerFields):
+    image_size: _size("image_size") = 224
+    patch_size: _size("image_size") = 16
+    pool: Literal["tok", "avg"] = "tok"
+    final_ln_after_pool: bool = False
+    ln_pre: bool = True
+
+    @model_validator(mode="after")
+    def _patches(self):
+        if self.patch_size > self.image_size or self.image_size % self.patch_size:
+            raise _fail(f"must divide image_size {self.image_size}, got {self.patch_size}", "patch_size")
+        return self
+
+
+class TextFields(_TowerFields):
+    context_length: _size("context_length") = 77
+    vocab_size: _size("vocab_size") = 49408
+    pool: Literal["argmax", "eos", "first", "last"] = "argmax"
+    eos_id: _size("vocab_size", 0) = 49407
+    causal: bool = True
+    proj_bias: bool = False
+
+    @model_validator(mode="after")
+    def _eos(self):
+        if self.eos_id >= self.vocab_size:
+            raise _fail(f"must be between 0 and {self.vocab_size - 1} (vocab_size - 1), got {self.eos_id}", "eos_id")
+        return self
+
+
+class PreprocessFields(_Fields):
+    """open_clip's evaluation transform settings (mope_deploy.models.processing.build_preprocess)."""
+
+    size: Optional[_size("image_size") | Annotated[list[_size("image_size")], Field(min_length=2, max_length=2)]] = None
+    mean: Optional[Annotated[list[Fraction], Field(min_length=1, max_length=4)]] = None
+    std: Optional[Annotated[list[Annotated[float, _between(1e-6, 1e3)]], Field(min_length=1, max_length=4)]] = None
+    interpolation: Optional[Literal["bicubic", "bilinear", "random"]] = None
+    resize_mode: Optional[Literal["shortest", "longest", "squash"]] = None
+
+
+class TokenizerFields(_Fields):
+    """How text is tokenised (mope_deploy.models.processing.build_tokenizer)."""
+
+    type: Literal["open_clip", "bpe"] = "open_clip"
+    name: Optional[Annotated[str, Field(max_length=200)]] = None
+    bpe_file: Optional[Annotated[str, Field(min_length=1, max_length=4096)]] = None
+    context_length: Optional[_size("context_length")] = None
+
+    @model_validator(mode="after")
+    def _bpe(self):
+        if self.type == "bpe" and self.bpe_file is None:
+            raise _fail("must name the BPE merges file of a 'bpe' tokenizer", "bpe_file")
+        return self
+
+
+class RecoveredFields(_Fields):
+    """What mope_deploy.sparsity.sparselora records after recovering a sparse model."""
+
+    method: Literal[RECOVERY]  # type: ignore[valid-type]  (Literal of the shared vocabulary)
+    rank: _size("width", 0)
+    lora_towers: list[Literal[TOWERS]]  # type: ignore[valid-type]
+    steps: Annotated[int, _between(0, 1 << 40)]
+    loss: Annotated[str, Field(max_length=200)]
+
+
+class SparsityRecord(_Fields):
+    """``config.sparsity`` of a sparsified model (written by mope_deploy.sparsity.sparsify)."""
+
+    method: Literal[SPARSITY_METHODS]  # type: ignore[valid-type]
+    pattern: Annotated[str, Field(pattern=r"^(unstructured|dense|[0-9]{1,3}:[0-9]{1,3})$")]
+    target: Optional[Fraction] = None
+    achieved: Optional[Fraction] = None
+    towers: list[Literal[TOWERS]] = list(TOWERS)  # type: ignore[valid-type]
+    spec: dict[str, Any] = {}
+    blocks: dict[Literal[TOWERS], list[Optional[Fraction]]] = {}  # type: ignore[valid-type]
+    max_block_sparsity: Optional[Fraction] = None
+    recovered: Optional[RecoveredFields] = None
+
+
+class ConfigFields(_Fields):
+    """The schema of ``config.json``: every field of :class:`CLIPConfig`."""
+
+    embed_dim: _size("width")
+    vision: VisionFields
+    text: TextFields
+    logit_bias: bool = False
+    preprocess: PreprocessFields = PreprocessFields()
+    tokenizer: TokenizerFields = TokenizerFields()
+    provenance: dict[str, Any] = {}
+    sparsity: SparsityRecord = None  # type: ignore[assignment]  (absent or {}: dense; null is refused)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dense(cls, d):
+        if isinstance(d, dict) and d.get("sparsity") == {}:      # {}: a dense model
+            d = {k: v for k, v in d.items() if k != "sparsity"}
+        return d
+
+
+def check_fields(d: Any) -> ConfigFields:
+    """Validate a config's JSON form against :class:`ConfigFields`; :class:`ConfigError` names the first bad field."""
+    try:
+        return ConfigFields.model_validate(d)
+    except ValidationError as e:
+        raise ConfigError(_message(e.errors(include_url=False))) from None
+    except RecursionError:
+        raise ConfigError("config is nested too deeply to be a model config") from None
+
+
+def _where(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the schema model at ``loc`` (for "allowed: ..." in an unknown-field message)."""
+    cls: Any = ConfigFields
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        f = cls.model_fields.get(part) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        if f is None:
+            return []
+        cls = _model_in(f.annotation)
+    return sorted(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _message(errors: list[dict]) -> str:
+    """One line for the first error (pydantic's own wording replaced by "FIELD must be ...", naming the field)."""
+    err = errors[0]
+    loc, kind, v = tuple(err["loc"]), err["type"], err.get("input")
+    where, got = _where(loc), f"got {_short(v)}"
+    parent = _where(loc[:-1]) or "config"
+    if kind == "mope":
+        ctx = err["ctx"]
+        where = _where(loc + ((ctx["field"],) if ctx.get("field") else ()))
+        text = f"{where or 'config'} {ctx['text']}"
+    elif kind in ("missing", "extra_forbidden"):
+        same = [e for e in errors if e["type"] == kind and tuple(e["loc"][:-1]) == loc[:-1]]
+        names = [str(e["loc"][-1]) for e in same]
+        errors = [e for e in errors if e not in same[1:]]
+        if kind == "extra_forbidden":
+            text = f"{parent}: unknown field(s) {sorted(names)}; allowed: {_fields_at(loc[:-1])}"
+        else:
+            text = f"{parent} is missing the field{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}"
+    elif kind in ("int_type", "int_from_float", "int_parsing"):
+        text = f"{where} must be an integer, {got} ({type(v).__name__})"
+    elif kind in ("float_type", "finite_number"):
+        text = f"{where} must be a finite number, {got} ({type(v).__name__})"
+    elif kind == "bool_type":
+        text = f"{where} must be true or false, {got}"
+    elif kind in ("string_type", "string_too_long", "string_too_short", "string_pattern_mismatch"):
+        text = f"{where} must be a string{_limits(err)}, {got}"
+    elif kind == "literal_error":
+        text = f"{where} must be {err['ctx']['expected']}, {got}"
+    elif kind in ("list_type", "too_long", "too_short"):
+        text = f"{where} must be a list{_limits(err)}, {got}"
+    elif kind in ("model_type", "dict_type", "model_attributes_type"):
+        names = _fields_at(loc)
+        text = (f"a config is a mapping of fields (embed_dim, vision, text, ...), {got}" if not loc else
+                f"{where} must be a mapping of fields{f' ({_describe(names)})' if names else ''}, {got}")
+    else:
+        text = f"{where or 'config'}: {err['msg']}, {got}"
+    more = len(errors) - 1
+    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _describe(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 5 else ", ".join(names[:5]) + ", ..."
+
+
+def _limits(err: dict) -> str:
+    ctx = err.get("ctx") or {}
+    if "max_length" in ctx and "min_length" in ctx:
+        return f" of {ctx['min_length']} to {ctx['max_length']} entries"
+    if "max_length" in ctx:
+        return f" of at most {ctx['max_length']} entries"
+    if "min_length" in ctx:
+        return f" of at least {ctx['min_length']} entries"
+    if "pattern" in ctx:
+        return f" matching {ctx['pattern']}"
+    return ""

@@ -1,8 +1,5 @@
-"""Model files: ``config.json`` (architecture + what travels with it) and ``model.safetensors``.
-
-Saving is atomic (a temporary sibling directory renamed into place); loading never unpickles and
-checks every tensor against the config before anything is used.
-"""
+"""Reading model files (``config.json`` + ``model.safetensors``; writing them is :mod:`.files`): loading never
+unpickles and checks every tensor against the config before anything is used."""
 
 from __future__ import annotations
 
@@ -11,45 +8,17 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from ..atomic import Owner, atomic_dir, check_target
-from ..errors import MopeError
 from .config import CLIPConfig, ConfigError
+from .files import (CONFIG_FILE, WEIGHTS_FILE, ModelFileError, check_pair, model_dir_owner, replace_model_files,
+                    save_model)
 from .slim_clip import SlimCLIP
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "FLOAT_DTYPES", "ModelFileError", "check_pair", "check_weights",
+           "expected_tensors", "load_model", "model_dir_owner", "read_config", "replace_model_files", "save_model"]
+
 # safetensors dtype names a float parameter may be stored in (loading casts them to the model's dtype)
 FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-class ModelFileError(MopeError, ValueError):
-    """A model directory that is missing, corrupt, or whose weights do not fit its config."""
-
-
-def model_dir_owner(extra_files=()) -> Owner:
-    """What a model directory written by :func:`save_model` looks like (the ownership rule of ``atomic_dir``)."""
-    return Owner("model directory", markers=[(CONFIG_FILE, WEIGHTS_FILE)],
-                 allowed=(CONFIG_FILE, WEIGHTS_FILE, "plan.json", *extra_files))
-
-
-def save_model(model: SlimCLIP, directory: str | Path, extra_files: dict[str, str | bytes] | None = None,
-               force: bool = False) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (plus ``extra_files``) into ``directory`` atomically.
-
-    ``directory`` may be absent, empty or a model directory written before (then replaced whole); anything
-    else is refused (:class:`~mope_deploy.atomic.OutputPathError`) unless ``force``."""
-    directory = Path(directory)
-    owner = model_dir_owner(extra_files or ())
-    check_target(directory, owner, force)  # before the weights are copied to the CPU
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_dir(directory, owner=owner, force=force) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "arch_hash": model.config.arch_hash()})
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2))
-        for name, content in (extra_files or {}).items():
-            (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
-    return directory
 
 
 def read_config(directory: str | Path) -> CLIPConfig:
@@ -105,6 +74,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Sli
     try:
         with safe_open(str(wpath), framework="pt", device=str(device)) as f:
             check_weights(wpath, f, expected)
+            check_pair(directory, f.metadata())
             state = {k: f.get_tensor(k) for k in expected}
     except (SafetensorError, OSError) as e:
         raise ModelFileError(f"{wpath} is corrupt or truncated ({e}); re-save or re-export the model") from None

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BlockConfig, CLIPConfig, TextConfig, TowerConfig, VisionConfig
+from .files import save_model
 
 
 class QuickGELU(nn.Module):
@@ -303,12 +304,9 @@ class SlimCLIP(nn.Module):
         tp = t.text_projection
         nn.init.normal_(tp.weight if isinstance(tp, nn.Linear) else tp, std=t.cfg.width ** -0.5)
 
-    # Model files: implemented in io.py (which builds SlimCLIPs); a deferred import, so this module does not
-    # depend on io at import time (tests/test_architecture.py allows deferred imports inside one package).
     def save(self, directory: str | Path, force: bool = False) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory`` atomically (:func:`.io.save_model`: absent,
-        empty or a model directory written before; ``force`` replaces anything else)."""
-        from .io import save_model
+        """Write ``config.json`` + ``model.safetensors`` to ``directory`` atomically (:func:`.files.save_model`:
+        absent, empty or a model directory written before; ``force`` replaces anything else)."""
         return save_model(self, directory, force=force)
 
     @property

@@ -6,8 +6,9 @@
 """
 
 from .apply import apply_plan, plan_masks
+from .compose import compose_plans, merge_tower
 from .plan import (ALLOCATIONS, DEPTH_METHODS, PlanError, PruningPlan, Target, TowerPlan, full_plan, make_plan,
                    plan_for, select_blocks)
 
-__all__ = ["apply_plan", "plan_masks", "ALLOCATIONS", "DEPTH_METHODS", "PlanError", "PruningPlan", "Target",
+__all__ = ["apply_plan", "plan_masks", "compose_plans", "merge_tower", "ALLOCATIONS", "DEPTH_METHODS", "PlanError", "PruningPlan", "Target",
            "TowerPlan", "full_plan", "make_plan", "plan_for", "select_blocks"]

@@ -17,7 +17,6 @@ Targets (paper Sec. 3.2; section 2 of the design digest ALGORITHMS.md, kept outs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -73,9 +72,10 @@ class PruningPlan:
                       .replace(",", ", ").replace("\n", "") + "]", text)
 
     def hash(self) -> str:
-        d = self.to_dict()
-        d.pop("info")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """:func:`mope_deploy.models.identity.plan_hash` of this plan (``info`` left out)."""
+        from ..models.identity import plan_hash
+
+        return plan_hash(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PruningPlan":

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..exporting.bundle import Bundle, BundleError
+from ..bundle import Bundle, BundleError
 from .base import BackendUnavailableError, Encoder, EncoderInputError, l2_normalize
 from .registry import (Backend, OpenOptions, as_slimclip, available_backends, backend_names, backend_status,
                        check_backend, check_backends, register)
@@ -31,15 +31,13 @@ def open_encoder(model: Any, backend: str = "torch", *, device: str | None = Non
 
     ``model``: a SlimCLIP, a model spec (``demo``, a model directory, an open_clip name) or an export bundle
     directory. ONNX backends export a SlimCLIP into ``work_dir`` (a temporary directory the encoder owns when
-    not given); ``tensorrt`` needs a bundle with engines. ``threads`` sets torch's and ONNX Runtime's intra-op
-    threads; ``variant`` picks a bundle's ONNX graphs (fp32, fused, optimized, int8, fp16); ``ort_settings``
-    (a :class:`~.ort_settings.SessionSettings`) sets ONNX Runtime's session options.
+    not given); ``tensorrt`` needs a bundle with engines. ``threads``: the encoder's intra-op threads (ONNX
+    Runtime's session options; torch encoders set torch's count around each call and restore it, so the process
+    setting is never changed); ``variant`` overrides the graphs the bundle's manifest names for the runtime
+    (fp32, fused, optimized, int8, fp16); ``ort_settings`` (a :class:`~.ort_settings.SessionSettings`) sets ONNX
+    Runtime's session options.
     """
     b = check_backend(backend)
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
     return b.open(model, OpenOptions(device=device, threads=threads, providers=providers, work_dir=work_dir,
                                      compile_mode=compile_mode, variant=variant, ort_settings=ort_settings))
 

@@ -1,10 +1,10 @@
 """ONNX Runtime backend: an export bundle (``image_encoder.onnx``, ``text_encoder.onnx``, ``manifest.json``)
 run on the CPU, or on CUDA / TensorRT execution providers when the installed onnxruntime has them.
 
-``variant`` picks the bundle's graphs: ``fp32``, ``fused`` (one com.microsoft Attention per block; the
-default when present), ``optimized`` (ORT transformer fusions; the default otherwise), ``fp16`` or ``int8`` (dynamic quantisation: the bundle's own files, else quantised once into
-``work_dir`` with the exporter's :func:`~mope_deploy.exporting.quantize.quantize_dynamic_int8`, from the fused
-graphs when present so attention is int8 too).
+By default each tower opens the variant the manifest's ``runtime`` section names for ONNX Runtime (``portable``
+under TensorRT's execution provider, which reads standard ops only): the exporter decided it once, the runtime
+does not re-decide. ``variant`` overrides it: ``fp32``, ``fused``, ``optimized``, ``fp16`` or ``int8`` (the
+bundle's own files, else quantised once into ``work_dir``: :func:`.export.int8_files`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..exporting.bundle import Bundle, BundleError, onnx_name
+from ..bundle import ONNXRUNTIME, PORTABLE, Bundle, BundleError, onnx_name
 from ..models.config import CLIPConfig
 from ..vocab import TOWERS, VARIANTS
 from .base import BackendUnavailableError, Encoder, EncoderInputError
@@ -30,52 +30,6 @@ def _ort():
     except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
         raise BackendUnavailableError(f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
     return ort
-
-
-def export_for_runtime(model: Any, out_dir: str | Path, int8: bool = False) -> Path:
-    """Export a SlimCLIP to an ONNX bundle for ONNX Runtime (unnormalised embeddings: the encoder normalises):
-    fp32 graphs, ORT-optimised ones, and with ``int8`` dynamically quantised ones (no recall gate: there is no
-    evaluation data here; the bundle's parity gate still runs)."""
-    from ..exporting.config import ExportConfig
-    from ..exporting.pipeline import export_bundle
-
-    export_bundle(model, out_dir, ExportConfig(precision="int8" if int8 else "fp32", optimize=True,
-                                               skip_recall_gate=int8))
-    return Path(out_dir)
-
-
-def int8_files(bundle: Path, work_dir: str | Path) -> tuple[Path, Path]:
-    """The bundle's int8 encoders, or int8 copies quantised into ``work_dir`` from its best fp32 graphs
-    (the fused-attention ones when present, else the ORT-optimised ones)."""
-    b = Bundle(bundle)
-    found = b.variant_files("int8")
-    if found:
-        return found["vision"], found["text"]
-    from ..exporting.quantize import quantize_dynamic_int8
-
-    # the fused graphs first: their Attention nodes become QAttention (measured fastest, docs/RESULTS.md)
-    files = b.variant_files("fused") or b.variant_files("optimized") or b.variant_files("fp32")
-    assert files is not None  # the encoder checked the fp32 files exist
-    src = files["vision"], files["text"]
-    import shutil
-    import tempfile
-
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    out = []
-    for path, name in zip(src, (onnx_name(t, "int8") for t in TOWERS)):
-        dst = work_dir / name
-        if not dst.is_file():
-            # quantise under the final name in a scratch dir (external weights refer to it by name), then move
-            scratch = Path(tempfile.mkdtemp(prefix=".int8-", dir=work_dir))
-            try:
-                quantize_dynamic_int8(path, scratch / name, attention=True)
-                for f in sorted(scratch.iterdir(), key=lambda f: f.name == name):  # graph last
-                    f.replace(work_dir / f.name)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-        out.append(dst)
-    return out[0], out[1]
 
 
 class OnnxRuntimeEncoder(Encoder):
@@ -115,21 +69,12 @@ class OnnxRuntimeEncoder(Encoder):
             self.providers = list(providers)
         else:
             self.providers = [p for p in DEFAULT_PROVIDERS if p in available]
-        # default: the fastest fp32 graphs the exporter wrote (same numbers, fewer kernels): fused attention,
-        # else ORT's other fusions; TensorRT's provider takes the plain standard-op graph (no contrib ops)
-        order = ("fp32",) if "TensorrtExecutionProvider" in self.providers else ("fused", "optimized", "fp32")
-        self.variant = variant or next(v for v in order if v == "fp32" or b.variant_files(v))
+        self.variant, paths = self._graphs(b, variant, work_dir)
         self.bundle, self.threads = bundle, threads
         self.settings = (settings or SessionSettings()).replace(
             intra_op_threads=threads or (settings.intra_op_threads if settings else None))
         self.backend = "onnxruntime-int8" if self.variant == "int8" else "onnxruntime"
-        if self.variant == "int8":
-            image_path, text_path = int8_files(bundle, work_dir)  # type: ignore[arg-type]
-        else:
-            found = b.variant_files(self.variant)
-            if found is None:
-                raise BundleError(f"{bundle} has no {self.variant} graphs; re-export with that variant or pick another")
-            image_path, text_path = found["vision"], found["text"]
+        image_path, text_path = paths["vision"], paths["text"]
         opts = self.settings.session_options()
         self.files = {"image": str(image_path), "text": str(text_path)}
         self.image_session = self._session(ort, image_path, opts)
@@ -139,6 +84,21 @@ class OnnxRuntimeEncoder(Encoder):
                                                             self.config.vision.image_size])
         self._text_in, self._text_dtype = self._check_io(self.text_session, text_path, "tokens",
                                                          [None, self.context_length])
+
+    def _graphs(self, b: Bundle, variant: str | None, work_dir: str | Path | None) -> tuple[str, dict[str, Path]]:
+        """(variant name, {tower: path}): ``variant`` when given, else what the manifest's runtime section names."""
+        if variant == "int8":
+            from .export import int8_files
+
+            return "int8", int8_files(b.root, work_dir)  # type: ignore[arg-type]
+        if variant is not None:
+            found = b.variant_files(variant)
+            if found is None:
+                raise BundleError(f"{b.root} has no {variant} graphs; re-export with that variant or pick another")
+            return variant, found
+        key = PORTABLE if "TensorrtExecutionProvider" in self.providers else ONNXRUNTIME
+        chosen, paths = b.runtime_files(key)
+        return "/".join(dict.fromkeys(chosen.values())), paths
 
     @classmethod
     def from_model(cls, model: Any, int8: bool = False, work_dir: str | Path | None = None,
@@ -151,7 +111,9 @@ class OnnxRuntimeEncoder(Encoder):
         if work_dir is None:
             owned = tempfile.TemporaryDirectory(prefix="mope-onnx-")
             work_dir = owned.name
-        bundle = export_for_runtime(model, Path(work_dir) / "bundle", int8=int8)
+        from .export import export_model
+
+        bundle = export_model(model, Path(work_dir) / "bundle", int8=int8)
         enc = cls(bundle, variant="int8" if int8 else kwargs.pop("variant", None), work_dir=work_dir, **kwargs)
         enc._owned_dir = owned  # the export lives as long as the encoder
         return enc

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..device import BackendUnavailableError
-from ..exporting.bundle import Bundle, BundleError, onnx_name
+from ..bundle import Bundle, BundleError, onnx_name
 from .base import Encoder
 
 class UnknownBackendError(BackendUnavailableError, ValueError):
@@ -144,7 +144,7 @@ def _open_torch(compile: bool) -> Callable[[Any, OpenOptions], Encoder]:
     def open_(model: Any, o: OpenOptions) -> Encoder:
         from .torch_backend import TorchEncoder
         return TorchEncoder(as_slimclip(model, "torch-compile" if compile else "torch"), device=o.device,
-                            compile=compile, compile_mode=o.compile_mode)
+                            compile=compile, compile_mode=o.compile_mode, threads=o.threads)
     return open_
 
 
@@ -156,7 +156,7 @@ def _open_open_clip(model: Any, o: OpenOptions) -> Encoder:
         raise BundleError(f"the open_clip backend runs open_clip models by name (e.g. ViT-L-14 or ViT-L-14:openai); "
                           f"{model!r} is not one")
     name, tag = split_spec(str(model))
-    return OpenClipEncoder(load_teacher(name, tag), load_config(str(model)), device=o.device)
+    return OpenClipEncoder(load_teacher(name, tag), load_config(str(model)), device=o.device, threads=o.threads)
 
 
 def _open_onnxruntime(int8: bool) -> Callable[[Any, OpenOptions], Encoder]:
@@ -190,7 +190,7 @@ register(Backend("open_clip", OPEN_CLIP, _open_open_clip,
                  _needs("open_clip", "open_clip is not installed (pip install open_clip_torch)"),
                  help="an open_clip name, eager (the reference)"))
 register(Backend("onnxruntime", ONNX, _open_onnxruntime(False), _needs("onnxruntime", _ORT_MISSING),
-                 help="an export bundle's optimised (else fp32) graphs"))
+                 help="an export bundle's graphs, the variant its manifest names for ONNX Runtime"))
 register(Backend("onnxruntime-int8", ONNX, _open_onnxruntime(True), _needs("onnxruntime", _ORT_MISSING),
                  precision="int8", help="the bundle's int8 graphs (quantised into work_dir when absent)"))
 register(Backend("tensorrt", ENGINES, _open_tensorrt, _tensorrt_requires,

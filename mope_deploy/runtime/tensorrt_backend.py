@@ -2,7 +2,7 @@
 ``tensorrt.engines``) beside an export bundle's ``manifest.json``, run with the TensorRT 10/11 Python API on one
 CUDA GPU.
 
-Per call (:class:`~mope_deploy.exporting.trt_engine.TrtEngineRunner`, shared with the exporter's gate):
+Per call (:class:`~mope_deploy.exporting.tensorrt.runner.TrtEngineRunner`, shared with the exporter's gate):
 ``set_input_shape`` for the batch, ``set_tensor_address`` for the input and output buffers (torch CUDA tensors),
 ``execute_async_v3`` on the runner's own CUDA stream, not the legacy default stream, which would serialise with
 all other work on the device. Batches outside the engine's optimisation profile are refused with its range.
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from ..device import BackendUnavailableError, import_tensorrt
-from ..exporting.bundle import INPUT_NAMES, Bundle, BundleError
-from ..exporting.trt_engine import EngineError, TrtEngineRunner
+from ..bundle import INPUT_NAMES, Bundle, BundleError
+from ..exporting.tensorrt.runner import EngineError, TrtEngineRunner
 from ..models.config import CLIPConfig
 from .base import Encoder, EncoderInputError
 

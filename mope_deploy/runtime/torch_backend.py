@@ -3,7 +3,8 @@ original open_clip model in eager mode (``open_clip``, the un-converted teacher 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,13 +23,29 @@ def _check_device(device: str) -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` for the block and restored after (None: leave it alone), so an
+    encoder's setting never leaks into the rest of the process."""
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class _TorchBase(Encoder):
-    """Runs two callables (pixels -> emb, tokens -> emb) under ``inference_mode`` on one device."""
+    """Runs two callables (pixels -> emb, tokens -> emb) under ``inference_mode`` on one device, with
+    ``threads`` intra-op threads for each call (restored after it)."""
 
     def __init__(self, config: CLIPConfig, image_fn: Callable, text_fn: Callable, device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, threads: int | None = None):
         super().__init__(config)
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.threads = device, dtype, threads
         self._image_fn, self._text_fn = image_fn, text_fn
 
     def _pixels(self, pixels: np.ndarray) -> torch.Tensor:
@@ -38,11 +55,11 @@ class _TorchBase(Encoder):
         return torch.from_numpy(self.check_tokens(tokens).astype(np.int64)).to(self.device)
 
     def run_images(self, pixels: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.threads):
             return self._image_fn(self._pixels(pixels)).float().cpu().numpy()
 
     def run_texts(self, tokens: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.threads):
             return self._text_fn(self._tokens(tokens)).float().cpu().numpy()
 
     def timing_fn(self, tower: str, inputs: np.ndarray) -> Callable[[], Any]:
@@ -51,7 +68,7 @@ class _TorchBase(Encoder):
         fn = self._image_fn if tower == "vision" else self._text_fn
 
         def run() -> Any:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch_threads(self.threads):
                 return fn(x)
         return run
 
@@ -61,7 +78,7 @@ class _TorchBase(Encoder):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "threads": torch.get_num_threads()}
+                "threads": self.threads or torch.get_num_threads()}
 
 
 class TorchEncoder(_TorchBase):
@@ -70,7 +87,7 @@ class TorchEncoder(_TorchBase):
 
     def __init__(self, model: SlimCLIP, device: str | None = None, compile: bool = False,
                  dtype: torch.dtype = torch.float32, compile_mode: str | None = None,
-                 compile_backend: str = "inductor"):
+                 compile_backend: str = "inductor", threads: int | None = None):
         if not isinstance(model, SlimCLIP):
             raise TypeError(f"TorchEncoder takes a SlimCLIP, got {type(model).__name__}")
         dev = _check_device(device or default_device())
@@ -82,7 +99,7 @@ class TorchEncoder(_TorchBase):
         if compile:
             vis = torch.compile(model.visual, mode=compile_mode, backend=compile_backend)
             txt = torch.compile(model.text, mode=compile_mode, backend=compile_backend)
-        super().__init__(model.config, vis, txt, dev, dtype)
+        super().__init__(model.config, vis, txt, dev, dtype, threads)
 
 
 class OpenClipEncoder(_TorchBase):
@@ -92,9 +109,9 @@ class OpenClipEncoder(_TorchBase):
     backend = "open_clip"
 
     def __init__(self, model: nn.Module, config: CLIPConfig, device: str | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, threads: int | None = None):
         if not hasattr(model, "encode_image") or not hasattr(model, "encode_text"):
             raise TypeError(f"OpenClipEncoder takes an open_clip CLIP model, got {type(model).__name__}")
         dev = _check_device(device or default_device())
         self.model = model.to(dev, dtype).eval()
-        super().__init__(config, self.model.encode_image, self.model.encode_text, dev, dtype)
+        super().__init__(config, self.model.encode_image, self.model.encode_text, dev, dtype, threads)

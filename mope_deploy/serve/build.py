@@ -1,223 +1,114 @@
-"""Bulk indexing: embed every image (and caption) of a dataset in committed chunks, then write the index.
+"""Bulk indexing (`mope index`): embed every image (and caption) of a dataset in committed chunks, then write the
+index; one library call, :func:`build` (an :class:`IndexJob`), with or without Ray.
 
-A build works in ``.OUT.partial/`` beside the output: ``plan.json`` (what is being built) and one
-``chunks/NNNNN.npz`` per finished chunk, each written atomically. A killed build run again with the same inputs
-skips the committed chunks; the finished index replaces ``OUT`` atomically and the partial folder is removed.
-Images that fail to decode are skipped and counted (with the loader's own skips) in ``index.json``.
+A build works in ``.OUT.partial/`` beside the output, a work folder claimed with
+:func:`~mope_deploy.atomic.claim_work_dir` (a folder of that name mope did not create is never touched):
+``plan.json`` (what is being built) and one ``chunks/NNNNN.npz`` per finished chunk, each written atomically. A
+killed build run again with the same inputs skips the committed chunks; the finished index replaces ``OUT``
+atomically (``--force``: whatever is there, still only once the new index is complete) and the work folder is
+removed. A failed build that committed nothing worth resuming removes its work folder; one that did says where
+it is. Images that fail to decode are skipped and counted (with the loader's own skips) in ``index.json``.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
-import shutil
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..atomic import atomic_file, atomic_write_text, check_target
-from ..data.datasets import IMAGE_EXTS, DataReport, DatasetError, ImageFiles, TarImages
+from ..atomic import Output, atomic_file, atomic_write_text, claim_work_dir, is_work_dir, remove_work_dir
+from ..data.datasets import DataReport, DatasetError
 from ..progress import progress_bar
-from .index import (APPROX_MIN_ITEMS, IndexFileError, Item, approx_recall, index_owner, is_index, new_meta,
-                    resolve_kind, write_index)
+from .collection import Collection, embed_captions, embed_chunk, load_collection
+from .errors import ServeError
+from .index import EmbeddingIndex, write_index
+from .search import APPROX_MIN_ITEMS, KINDS, approx_recall, resolve_kind
+from .store import (ADDED_PREFIX, STORED_DIR, WAL_FILE, IndexWriteError, Item, index_owner, is_index, new_meta,
+                    write_error)
+
+__all__ = ["IndexJob", "RayOptions", "build", "build_index", "compact", "check_out", "partial_dir",
+           "auto_chunk_size", "Collection", "load_collection", "embed_chunk", "embed_captions", "MIN_CHUNKS"]
 
 PARTIAL_MARK = "mope-index-partial"
+WORK_KIND = "index build"
+#: an adaptive chunk size gives a build at least this many chunks (resume units), each of at most MAX_AUTO_CHUNK
+MIN_CHUNKS, MAX_AUTO_CHUNK = 8, 1024
+
+ChunkResult = tuple[int, np.ndarray, list[int], list[tuple[int, str]]]
+#: ``embed_chunks(pending [(chunk, start, stop)], store_dir) -> iterator of (chunk, emb, kept, bad)`` in any order
+ChunkEmbedder = Callable[[list[tuple[int, int, int]], Path], Iterator[ChunkResult]]
 
 
-@dataclass
-class Collection:
-    """Images to index: a sequence of PIL images, an id per image, captions per image, where each image lives."""
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to embed on Ray: ``address`` None starts a local Ray (its services on loopback unless
+    ``allow_remote``); ``workers`` None = what the cluster can hold (its CPUs - 1, at least 1); a chunk that
+    brings no result for ``stall_timeout_s`` fails with the cluster's resources in the message."""
 
-    name: str
-    images: Sequence[Any]
-    ids: list[str]
-    captions: list[list[str]]
-    report: DataReport = field(default_factory=DataReport)
-
-    def source(self, i: int) -> dict[str, Any]:
-        """Where image ``i``'s bytes are: a file, a tar member, or nowhere (in memory: the index stores it)."""
-        if isinstance(self.images, ImageFiles):
-            return {"type": "file", "path": str(Path(self.images.paths[i]).resolve())}
-        if isinstance(self.images, TarImages):
-            path, offset, size, name = self.images.members[i]
-            return {"type": "tar", "path": str(Path(path).resolve()), "offset": offset, "size": size, "member": name}
-        return {"type": "memory"}
+    address: str | None = None
+    workers: int | None = None
+    allow_remote: bool = False
+    stall_timeout_s: float = 600.0
+    num_cpus: int | None = None
 
 
-def load_collection(spec: str | Path, split: str = "test", image_root: str | Path | None = None,
-                    **csv_options: Any) -> Collection:
-    """Any dataset :func:`~mope_deploy.data.datasets.load_dataset` reads, or a folder of images (searched
-    recursively; no captions)."""
-    from ..data.datasets import _header_check, load_dataset
+@dataclass(frozen=True)
+class IndexJob:
+    """Everything `mope index` needs: the data, the model, the output and how to build."""
 
-    p = Path(str(spec))
-    plain_folder = (p.is_dir() and not any((p / n).is_file() for n in ("captions.csv", "captions.tsv", "captions.txt"))
-                    and not any(p.glob("*.tar")))
-    if plain_folder:
-        report = DataReport()
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
-        ok = []
-        for f in files:
-            good, reason = _header_check(f)
-            if good:
-                ok.append(f)
-            else:
-                report.add(reason, str(f.relative_to(p)))
-        if not ok:
-            raise DatasetError(f"{p}: no readable images (extensions {', '.join(IMAGE_EXTS)}). {report.summary()}")
-        return Collection(p.name, ImageFiles(ok), [str(f.relative_to(p)) for f in ok], [[] for _ in ok], report)
-    ds = load_dataset(spec, split=split, image_root=image_root, **csv_options)
-    names = ds.image_names or [str(i) for i in range(ds.n_images)]
-    caps = [[ds.captions[c] for c in cs] for cs in ds.img2txt()]
-    return Collection(ds.name, ds.images, list(names), caps, ds.report)
+    data: str
+    model: str
+    out: Path
+    backend: str | None = None
+    split: str = "test"
+    image_root: str | None = None
+    img_key: str | None = None
+    caption_key: str | None = None
+    captions: bool = True
+    kind: str = "auto"
+    chunk_size: int | None = None
+    batch_size: int = 64
+    threads: int | None = None
+    force: bool = False
+    ray: RayOptions | None = None
+    progress: bool = True
 
+    def load_options(self) -> dict[str, Any]:
+        opts = {"split": self.split, "image_root": str(self.image_root) if self.image_root else None}
+        opts.update({k: v for k, v in (("img_key", self.img_key), ("caption_key", self.caption_key)) if v})
+        return opts
 
-def _encode_png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def embed_chunk(encoder, collection: Collection, start: int, stop: int, batch_size: int = 64,
-                store_dir: Path | None = None) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-    """Embeddings of images ``[start, stop)`` that decode, their positions, and ``(position, error)`` of the rest.
-    In-memory images are written as PNGs to ``store_dir`` (the index keeps them)."""
-    pixels, kept, bad, parts = [], [], [], []
-
-    def flush():
-        if pixels:
-            parts.append(encoder.run_images(np.stack(pixels)))
-            pixels.clear()
-
-    for i in range(start, stop):
-        try:
-            im = collection.images[i]
-            if getattr(im, "mode", "RGB") != "RGB":
-                im = im.convert("RGB")
-            x = np.asarray(encoder.preprocess(im), dtype=np.float32)
-            if store_dir is not None and collection.source(i)["type"] == "memory":
-                store_dir.mkdir(parents=True, exist_ok=True)
-                with atomic_file(store_dir / f"{i}.png") as f:
-                    f.write(_encode_png(im))
-        except Exception as e:  # noqa: BLE001  (a bad image is counted and skipped, never fatal)
-            bad.append((i, f"{type(e).__name__}: {e}"))
-            continue
-        pixels.append(x)
-        kept.append(i)
-        if len(pixels) >= batch_size:
-            flush()
-    flush()
-    from ..runtime import l2_normalize
-
-    emb = l2_normalize(np.concatenate(parts)) if parts else np.zeros((0, encoder.config.embed_dim), np.float32)
-    return emb, kept, bad
+    def check(self) -> None:
+        """Refuse bad settings before any work."""
+        if self.chunk_size is not None and self.chunk_size < 1 or self.batch_size < 1:
+            raise ServeError(f"--chunk-size and --batch-size must be >= 1 (got {self.chunk_size}, {self.batch_size})")
+        if self.kind not in KINDS:
+            raise ServeError(f"--kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.ray is not None and self.ray.workers is not None and self.ray.workers < 1:
+            raise ServeError(f"--ray-workers must be >= 1, got {self.ray.workers}")
+        if self.ray is not None and not self.ray.stall_timeout_s > 0:
+            raise ServeError(f"--ray-timeout must be > 0, got {self.ray.stall_timeout_s}")
 
 
-def embed_captions(encoder, texts: list[str], batch_size: int = 256) -> np.ndarray:
-    return encoder.encode_texts(texts, batch_size=batch_size) if texts else \
-        np.zeros((0, encoder.config.embed_dim), np.float32)
+@dataclass(frozen=True)
+class BuildOptions:
+    captions: bool = True
+    kind: str = "auto"
+    chunk_size: int | None = None
+    batch_size: int = 64
+    force: bool = False
+    progress: bool = True
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to replace anything but an index (and an index only with ``overwrite``), before any work."""
-    if not out.exists():
-        return
-    if is_index(out):
-        if not overwrite:
-            raise IndexFileError(f"{out} is already an index; pass --overwrite to rebuild it (items added at "
-                                 "runtime are lost), or choose another --out")
-        check_target(out, index_owner())  # a user's file inside the index is refused now, not after the work
-        return
-    if out.is_dir() and not any(out.iterdir()):
-        return
-    raise IndexFileError(f"{out} exists and is not an index; refusing to replace it (choose another --out)")
-
-
-def build_index(collection: Collection, encoder, out: str | Path, *, fingerprint: dict[str, str],
-                data_spec: str, captions: bool = True, kind: str = "auto", chunk_size: int = 1024,
-                batch_size: int = 64, overwrite: bool = False, progress: bool = True,
-                chunk_fn: Callable[[int, int], tuple[np.ndarray, list[int], list[tuple[int, str]]]] | None = None,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Embed ``collection`` with ``encoder`` in committed chunks and write the index to ``out``.
-
-    ``chunk_fn(start, stop)`` replaces the local :func:`embed_chunk` (Ray Data uses it). Returns ``index.json``.
-    """
-    out = Path(out)
-    say = log or (lambda msg: None)
-    if chunk_size < 1 or batch_size < 1:
-        from .errors import ServeError
-        raise ServeError(f"chunk_size and batch_size must be >= 1 (got {chunk_size}, {batch_size})")
-    check_out(out, overwrite)
-    n = len(collection.images)
-    kind = resolve_kind(kind, n)
-    work = partial_dir(out)
-    plan = {"mark": PARTIAL_MARK, "data": data_spec, "dataset": collection.name, "n_images": n,
-            "chunk_size": chunk_size, "model": fingerprint, "captions": captions}
-    _prepare_work(work, plan, say)
-    chunks_dir, store_dir = work / "chunks", work / "images"
-    n_chunks = (n + chunk_size - 1) // chunk_size
-    t0, n_done_now = time.perf_counter(), 0
-    with progress_bar(progress) as bar:
-        task = bar.add_task("embed images", total=n)
-        for c in range(n_chunks):
-            path = chunks_dir / f"{c:05d}.npz"
-            s, e = c * chunk_size, min((c + 1) * chunk_size, n)
-            if path.is_file():
-                bar.advance(task, e - s)
-                continue
-            emb, kept, bad = (chunk_fn(s, e) if chunk_fn is not None else
-                              embed_chunk(encoder, collection, s, e, batch_size, store_dir))
-            cap_emb = None
-            if captions:
-                texts = [t for i in kept for t in collection.captions[i]]
-                cap_emb = embed_captions(encoder, texts)
-            with atomic_file(path) as f:
-                np.savez(f, emb=emb, kept=np.asarray(kept, np.int64),
-                         cap=cap_emb if cap_emb is not None else np.zeros((0, emb.shape[1] if emb.ndim == 2 else 0)),
-                         bad=np.asarray(json.dumps(bad)))
-            n_done_now += e - s
-            bar.advance(task, e - s)
-    seconds = time.perf_counter() - t0
-
-    embs, caps, items, rows = [], [], [], []
-    report = DataReport(list(collection.report.skipped))
-    for c in range(n_chunks):
-        with np.load(chunks_dir / f"{c:05d}.npz") as z:
-            emb, kept, cap = z["emb"], z["kept"].tolist(), z["cap"]
-            for i, err in json.loads(str(z["bad"])):
-                report.add("unreadable image", f"{collection.ids[i]} ({err})")
-        embs.append(emb.reshape(-1, encoder.config.embed_dim))
-        if captions and len(cap):
-            caps.append(cap.reshape(-1, encoder.config.embed_dim))
-        for i in kept:
-            src = collection.source(i)
-            if src["type"] == "memory":
-                src = {"type": "stored", "path": f"images/{i}.png"}
-            for t in collection.captions[i] if captions else []:
-                rows.append({"text": t, "item": len(items)})
-            items.append(Item(collection.ids[i], src, list(collection.captions[i])))
-    if not items:
-        raise DatasetError(f"no image of {data_spec} could be decoded; nothing to index. {report.summary()}")
-    image_emb = np.concatenate(embs)
-    caption_emb = np.concatenate(caps) if caps else None
-    recall = None
-    if kind != "exact":
-        queries = caption_emb if caption_emb is not None and len(caption_emb) else image_emb
-        sample = queries[np.random.default_rng(0).permutation(len(queries))[:1000]]
-        recall = approx_recall(image_emb, sample, kind)
-        say(f"{kind} recall@10 vs exact search: {recall:.4f} ({len(sample)} queries)")
-    meta = new_meta(fingerprint, encoder.config.embed_dim, kind, source=data_spec, dataset=collection.name,
-                    backend=encoder.describe(), approx_recall_at_10=recall, approx_min_items=APPROX_MIN_ITEMS,
-                    skipped=report.to_dict(), build={"seconds_this_run": round(seconds, 3),
-                                                     "images_this_run": n_done_now, "chunk_size": chunk_size})
-    write_index(out, meta, image_emb, items, caption_emb, rows if caption_emb is not None else None,
-                stored_dir=store_dir)
-    shutil.rmtree(work, ignore_errors=True)
-    say(f"indexed {len(items)} images ({len(rows)} captions) of {collection.name}; {len(report)} skipped")
-    return {**meta, "n_items": len(items), "n_captions": len(rows)}
+def auto_chunk_size(n: int) -> int:
+    """Images per chunk when the user sets none: at least :data:`MIN_CHUNKS` chunks (resume units)."""
+    return max(1, min(MAX_AUTO_CHUNK, math.ceil(n / MIN_CHUNKS)))
 
 
 def partial_dir(out: str | Path) -> Path:
@@ -226,21 +117,218 @@ def partial_dir(out: str | Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
+def check_out(out: str | Path, force: bool = False) -> None:
+    """The output policy, before any work: ``out`` absent, empty, or an index mope wrote (else refused, naming
+    what is there; ``force`` replaces anything). An index holding items added at runtime is user data a rebuild
+    would lose: refused without ``force``."""
+    out = Path(out)
+    Output(out, index_owner(), force).check()
+    if force or not is_index(out):
+        return
+    wal = out / WAL_FILE
+    added = sorted((out / STORED_DIR).glob(f"{ADDED_PREFIX}*")) if (out / STORED_DIR).is_dir() else []
+    if (wal.is_file() and wal.stat().st_size) or added:
+        what = f"{wal.name} ({wal.stat().st_size} bytes)" if wal.is_file() and wal.stat().st_size else \
+            f"{len(added)} image(s) added at runtime ({STORED_DIR}/{ADDED_PREFIX}*)"
+        raise ServeError(f"{out} is an index holding items added at runtime through /index/items ({what}), which "
+                         "a rebuild would lose: choose another --out, or pass --force to replace it anyway")
+
+
+def build(job: IndexJob, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run `mope index`: check everything, load the data and the encoder, embed (locally or on Ray), write the
+    index. Returns ``index.json`` (with ``n_items``, ``n_captions``)."""
+    from ..runtime import check_backend, open_encoder
+    from .identity import model_fingerprint
+    from .server import default_backend
+
+    say = log or (lambda msg: None)
+    job.check()
+    backend = job.backend or default_backend(job.model)
+    check_backend(backend)
+    check_out(job.out, job.force)
+    collection = load_collection(job.data, **job.load_options())
+    say(f"{collection.name}: {len(collection.images)} images"
+        + (f" ({len(collection.report)} skipped while loading)" if len(collection.report) else ""))
+    encoder = open_encoder(job.model, backend, threads=job.threads)
+    options = dict(captions=job.captions, kind=job.kind, chunk_size=job.chunk_size, batch_size=job.batch_size,
+                   force=job.force, progress=job.progress)
+    ray_session: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if job.ray is not None:
+        from .ray_index import RayChunks
+        ray_session = RayChunks(job, backend, log=say)
+    with ray_session as embed_chunks:
+        return build_index(collection, encoder, job.out, fingerprint=model_fingerprint(job.model),
+                           data_spec=job.data, embed_chunks=embed_chunks, log=say, **options)
+
+
+def compact(root: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`mope index --compact INDEX`: fold the write-ahead log into the index files (atomically)."""
+    index = EmbeddingIndex.open(root, compact_over=None)
+    summary = index.compact()
+    h = index.health()
+    if log is not None and h["wal_rejected"]:
+        log(f"{h['wal_rejected']} damaged log record(s) were set aside in {h['wal_rejected_file']}")
+    return {**summary, **h}
+
+
+def build_index(collection: Collection, encoder, out: str | Path, *, fingerprint: dict[str, str], data_spec: str,
+                embed_chunks: ChunkEmbedder | None = None, log: Callable[[str], None] | None = None,
+                **options: Any) -> dict[str, Any]:
+    """Embed ``collection`` with ``encoder`` in committed chunks and write the index to ``out``.
+
+    ``options``: :class:`BuildOptions` fields. ``embed_chunks`` replaces the local embedding of image chunks
+    (Ray Data uses it); captions are always embedded here. Returns ``index.json``."""
+    opts = BuildOptions(**options)
+    out = Path(out)
+    say = log or (lambda msg: None)
+    check_out(out, opts.force)
+    n = len(collection.images)
+    if n == 0:
+        raise DatasetError(f"{data_spec} holds no images; nothing to index")
+    kind = resolve_kind(opts.kind, n)
+    chunk_size = opts.chunk_size or auto_chunk_size(n)
+    work = partial_dir(out)
+    plan = {"mark": PARTIAL_MARK, "data": data_spec, "dataset": collection.name, "n_images": n,
+            "chunk_size": chunk_size, "model": fingerprint, "captions": opts.captions}
+    _prepare_work(work, plan, say)
+    try:
+        t0 = time.perf_counter()
+        done_now = _embed_all(collection, encoder, work, chunk_size, opts, embed_chunks)
+        seconds = time.perf_counter() - t0
+        image_emb, items, caption_emb, rows, report = _assemble(collection, work, chunk_size, opts.captions,
+                                                                encoder.config.embed_dim, data_spec)
+        recall = None
+        if kind != "exact":
+            queries = caption_emb if caption_emb is not None and len(caption_emb) else image_emb
+            sample = queries[np.random.default_rng(0).permutation(len(queries))[:1000]]
+            recall = approx_recall(image_emb, sample, kind)
+            say(f"{kind} recall@10 vs exact search: {recall:.4f} ({len(sample)} queries)")
+        meta = new_meta(fingerprint, encoder.config.embed_dim, kind, source=data_spec, dataset=collection.name,
+                        backend=encoder.describe(), approx_recall_at_10=recall, approx_min_items=APPROX_MIN_ITEMS,
+                        skipped=report.to_dict(), build={"seconds_this_run": round(seconds, 3),
+                                                         "images_this_run": done_now, "chunk_size": chunk_size})
+        write_index(out, meta, image_emb, items, caption_emb, rows if caption_emb is not None else None,
+                    stored_dir=work / "images", force=opts.force)
+    except BaseException as e:
+        _after_failure(work, e)
+        raise
+    remove_work_dir(work)
+    say(f"indexed {len(items)} images ({len(rows)} captions) of {collection.name}; {len(report)} skipped")
+    return {**meta, "n_items": len(items), "n_captions": len(rows)}
+
+
+def _local_chunks(collection: Collection, encoder, batch_size: int) -> ChunkEmbedder:
+    def embed(pending: list[tuple[int, int, int]], store_dir: Path) -> Iterator[ChunkResult]:
+        for c, s, e in pending:
+            yield (c, *embed_chunk(encoder, collection, s, e, batch_size, store_dir))
+    return embed
+
+
+def _embed_all(collection: Collection, encoder, work: Path, chunk_size: int, opts: BuildOptions,
+               embed_chunks: ChunkEmbedder | None) -> int:
+    """Embed and commit every chunk not committed yet; returns the number of images embedded by this run."""
+    n = len(collection.images)
+    chunks_dir = work / "chunks"
+    n_chunks = (n + chunk_size - 1) // chunk_size
+    spans = [(c, c * chunk_size, min((c + 1) * chunk_size, n)) for c in range(n_chunks)]
+    pending = [sp for sp in spans if not (chunks_dir / f"{sp[0]:05d}.npz").is_file()]
+    embed = embed_chunks or _local_chunks(collection, encoder, opts.batch_size)
+    done_now = 0
+    with progress_bar(opts.progress) as bar:
+        task = bar.add_task("embed images", total=n)
+        bar.advance(task, n - sum(e - s for _, s, e in pending))
+        for c, emb, kept, bad in embed(pending, work / "images"):
+            cap_emb = None
+            if opts.captions:
+                cap_emb = embed_captions(encoder, [t for i in kept for t in collection.captions[i]])
+            _commit_chunk(chunks_dir / f"{c:05d}.npz", emb, kept, bad, cap_emb)
+            s, e = spans[c][1:]
+            done_now += e - s
+            bar.advance(task, e - s)
+    return done_now
+
+
+def _commit_chunk(path: Path, emb: np.ndarray, kept: list[int], bad: list[tuple[int, str]],
+                  cap_emb: np.ndarray | None) -> None:
+    width = emb.shape[1] if emb.ndim == 2 else 0
+    try:
+        with atomic_file(path) as f:
+            np.savez(f, emb=emb, kept=np.asarray(kept, np.int64),
+                     cap=cap_emb if cap_emb is not None else np.zeros((0, width), np.float32),
+                     bad=np.asarray(json.dumps(bad)))
+    except OSError as e:
+        raise write_error(path, e, "committing a chunk of the index build") from None
+
+
+def _assemble(collection: Collection, work: Path, chunk_size: int, captions: bool, dim: int, data_spec: str):
+    """The committed chunks in order: image embeddings, items, caption embeddings and rows, the skip report."""
+    n = len(collection.images)
+    embs, caps, items, rows = [], [], [], []
+    report = DataReport(list(collection.report.skipped))
+    for c in range((n + chunk_size - 1) // chunk_size):
+        with np.load(work / "chunks" / f"{c:05d}.npz") as z:
+            emb, kept, cap = z["emb"], z["kept"].tolist(), z["cap"]
+            for i, err in json.loads(str(z["bad"])):
+                report.add("unreadable image", f"{collection.ids[i]} ({err})")
+        embs.append(emb.reshape(-1, dim))
+        if captions and len(cap):
+            caps.append(cap.reshape(-1, dim))
+        for i in kept:
+            src = collection.source(i)
+            if src["type"] == "memory":
+                src = {"type": "stored", "path": f"{STORED_DIR}/{i}.png"}
+            for t in collection.captions[i] if captions else []:
+                rows.append({"text": t, "item": len(items)})
+            items.append(Item(collection.ids[i], src, list(collection.captions[i])))
+    if not items:
+        raise DatasetError(f"no image of {data_spec} could be decoded; nothing to index. {report.summary()}")
+    return np.concatenate(embs), items, (np.concatenate(caps) if caps else None), rows, report
+
+
+def _resumable(work: Path) -> int:
+    """How many committed chunks of ``work`` hold embeddings (0: nothing a rerun could reuse)."""
+    n = 0
+    for p in sorted((work / "chunks").glob("*.npz")) if (work / "chunks").is_dir() else []:
+        try:
+            with np.load(p) as z:
+                n += bool(z["kept"].size)
+        except (OSError, ValueError, KeyError):
+            continue
+    return n
+
+
+def _after_failure(work: Path, e: BaseException) -> None:
+    """A failed build: remove a work folder holding nothing to resume; say where a resumable one is."""
+    if not is_work_dir(work):
+        return
+    kept = _resumable(work)
+    if not kept:
+        with contextlib.suppress(OSError, ServeError):
+            remove_work_dir(work)
+        return
+    if isinstance(e, IndexWriteError):
+        e.args = (f"{e} ({kept} committed chunk(s) are kept in {work}: run the same command again to resume)",)
+
+
 def _prepare_work(work: Path, plan: dict[str, Any], say: Callable[[str], None]) -> None:
     """Resume a partial build of the same plan; restart one of another plan (only our own folder)."""
     plan_file = work / "plan.json"
-    if work.exists():
-        try:
-            old = json.loads(plan_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old is None or old.get("mark") != PARTIAL_MARK:
-            raise IndexFileError(f"{work} exists but was not made by `mope index`; move it away and run again")
-        if old == plan:
-            done = len(list((work / "chunks").glob("*.npz")))
-            say(f"resuming a partial build: {done} chunk(s) already committed in {work}")
-            return
+    claim_work_dir(work, WORK_KIND)                  # a folder of that name mope did not make is refused
+    try:
+        old = json.loads(plan_file.read_text())
+    except (OSError, ValueError):
+        old = None
+    if old == plan:
+        done = len(list((work / "chunks").glob("*.npz")))
+        say(f"resuming a partial build: {done} chunk(s) already committed in {work}")
+        return
+    if old is not None:
         say(f"a partial build for other inputs was in {work}; starting over")
-        shutil.rmtree(work)
-    (work / "chunks").mkdir(parents=True)
-    atomic_write_text(plan_file, json.dumps(plan, indent=2))
+    remove_work_dir(work)
+    claim_work_dir(work, WORK_KIND)
+    (work / "chunks").mkdir()
+    try:
+        atomic_write_text(plan_file, json.dumps(plan, indent=2))
+    except OSError as e:
+        remove_work_dir(work)
+        raise write_error(plan_file, e, "starting the index build") from None

@@ -1,168 +1,46 @@
-"""The retrieval index: FAISS inner-product indexes over image (and caption) embeddings, item metadata, the
-fingerprint of the model that made them, and a write-ahead log of items added while serving.
+"""The retrieval index: thread-safe search over image (and caption) embeddings, durable runtime additions
+(write-ahead log), WAL repair and compaction.
 
-On disk (one directory, written atomically by :func:`write_index`)::
-
-    index.json        format, model fingerprint, kind (exact | hnsw), sizes, approximate-recall report
-    images.faiss      FAISS index of the image embeddings (row i = item i)
-    items.jsonl       one JSON object per item: id, source (where its image lives), captions
-    captions.faiss    optional: FAISS index of the caption embeddings
-    captions.jsonl    optional: one {"text", "item"} per caption row
-    images/           images the index stores itself (in-memory datasets, items added at runtime)
-    wal.jsonl         items added at runtime: appended and fsynced before the request is acknowledged,
-                      replayed when the index is opened
-
-Embeddings are L2-normalised, so inner product is cosine similarity. ``exact`` (``IndexFlatIP``) is the default;
-``hnsw`` (``IndexHNSWFlat``) is picked above :data:`APPROX_MIN_ITEMS` items and its recall@10 against exact
-search is measured at build time and stored in ``index.json``.
+The parts live in their own modules and are re-exported here (``from mope_deploy.serve.index import ...`` keeps
+working): the on-disk format in :mod:`.store`, the log in :mod:`.wal`, the FAISS choice in :mod:`.search`, the
+model fingerprint in :mod:`.identity`.
 """
 
 from __future__ import annotations
 
-import base64
+import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ServeError
+from . import wal
+from .identity import model_fingerprint
+from .search import (APPROX_MIN_ITEMS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, KINDS, approx_recall, as_rows,
+                     filled, make_faiss, resolve_kind)
+from .store import (ADDED_PREFIX, CAPTIONS_FAISS, CAPTIONS_FILE, FORMAT, FORMAT_VERSION, IMAGES_FAISS, ITEMS_FILE,
+                    META_FILE, REJECTED_FILE, STORED_DIR, WAL_FILE, DuplicateIdError, IndexFileError, IndexWriteError,
+                    Item, check_fingerprint, index_owner, is_index, locked, new_meta, read_data, read_meta,
+                    remove_other_generations, require_faiss, write_data, write_error)
 
-FORMAT = "mope-index"
-FORMAT_VERSION = 1
-META_FILE, IMAGES_FAISS, ITEMS_FILE = "index.json", "images.faiss", "items.jsonl"
-CAPTIONS_FAISS, CAPTIONS_FILE, WAL_FILE, STORED_DIR = "captions.faiss", "captions.jsonl", "wal.jsonl", "images"
-KINDS = ("auto", "exact", "hnsw")
-#: ``auto`` switches from exact search to HNSW at this many items (exact search of 100k x 768 floats is
-#: ~30 ms per query on one core; HNSW stays ~1 ms with recall@10 near 0.99)
-APPROX_MIN_ITEMS = 100_000
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 200, 128
+__all__ = [
+    "EmbeddingIndex", "Item", "Hit", "DuplicateIdError", "IndexFileError", "IndexWriteError", "model_fingerprint",
+    "is_index", "read_meta", "new_meta", "check_fingerprint", "write_index", "index_owner", "require_faiss",
+    "resolve_kind", "make_faiss", "approx_recall", "KINDS", "APPROX_MIN_ITEMS", "HNSW_M", "HNSW_EF_CONSTRUCTION",
+    "HNSW_EF_SEARCH", "FORMAT", "FORMAT_VERSION", "META_FILE", "IMAGES_FAISS", "ITEMS_FILE", "CAPTIONS_FAISS",
+    "CAPTIONS_FILE", "WAL_FILE", "REJECTED_FILE", "STORED_DIR", "COMPACT_OVER",
+]
 
+log = logging.getLogger(__name__)
 
-def index_owner():
-    """The files of an index folder: what `mope index --overwrite` may replace (a user's own file is kept)."""
-    from ..atomic import Owner
-
-    return Owner("retrieval index", markers=[(META_FILE,)],
-                 allowed=(META_FILE, IMAGES_FAISS, ITEMS_FILE, CAPTIONS_FAISS, CAPTIONS_FILE, WAL_FILE, STORED_DIR))
-
-
-class IndexFileError(ServeError):
-    """An index directory that cannot be used (missing, corrupt, or made by a different model)."""
-
-
-def require_faiss():
-    try:
-        import faiss
-    except ImportError as e:
-        raise IndexFileError(f"FAISS is not installed ({e}): pip install 'mope-deploy[serve]' (faiss-cpu)") from None
-    return faiss
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Model identity
-
-
-def model_fingerprint(model: Any) -> dict[str, str]:
-    """What identifies the model behind embeddings: an export bundle's manifest sha256 (the manifest lists every
-    file's sha256), a model directory's weights+config sha256, or an open_clip name.
-
-    An index records it and refuses to be searched with another model's embeddings (different spaces).
-    """
-    from ..models import SlimCLIP
-    from ..models.registry import resolve
-    from ..runtime import is_bundle
-
-    if isinstance(model, SlimCLIP):
-        h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-        for k, v in sorted(model.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
-        return {"kind": "model", "sha256": h.hexdigest(), "name": "SlimCLIP (in memory)"}
-    if is_bundle(model):
-        from ..exporting.bundle import MANIFEST_FILE
-        return {"kind": "bundle", "sha256": _sha256(Path(model) / MANIFEST_FILE), "name": str(model)}
-    directory = resolve(str(model))
-    if directory is not None:
-        h = hashlib.sha256()
-        for name in ("config.json", "model.safetensors"):
-            p = Path(directory) / name
-            if p.is_file():
-                h.update(_sha256(p).encode())
-        return {"kind": "model", "sha256": h.hexdigest(), "name": str(model)}
-    return {"kind": "open_clip", "sha256": hashlib.sha256(str(model).encode()).hexdigest(), "name": str(model)}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# FAISS helpers
-
-
-def resolve_kind(kind: str, n_items: int) -> str:
-    if kind not in KINDS:
-        raise IndexFileError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
-    if kind == "auto":
-        return "hnsw" if n_items >= APPROX_MIN_ITEMS else "exact"
-    return kind
-
-
-def make_faiss(dim: int, kind: str):
-    faiss = require_faiss()
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-        return index
-    return faiss.IndexFlatIP(dim)
-
-
-def approx_recall(vectors: np.ndarray, queries: np.ndarray, kind: str, k: int = 10) -> float:
-    """Mean |approx top-k  ∩  exact top-k| / k of ``kind`` against exact inner-product search."""
-    if kind == "exact":
-        return 1.0
-    k = min(k, len(vectors))
-    exact, approx = make_faiss(vectors.shape[1], "exact"), make_faiss(vectors.shape[1], kind)
-    exact.add(vectors)
-    approx.add(vectors)
-    _, ie = exact.search(queries, k)
-    _, ia = approx.search(queries, k)
-    return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(ia.tolist(), ie.tolist())]))
-
-
-def _as_rows(x: np.ndarray, dim: int) -> np.ndarray:
-    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    if x.ndim == 1:
-        x = x[None]
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise IndexFileError(f"embeddings of shape {tuple(x.shape)} do not fit an index of width {dim}")
-    return x
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The index
-
-
-@dataclass
-class Item:
-    """One indexed image: its id, where its image lives (``source``), and its captions."""
-
-    id: str
-    source: dict[str, Any]
-    captions: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "source": self.source, "captions": self.captions}
+#: opening an index whose log holds at least this many records folds them into the index files
+COMPACT_OVER = 10_000
 
 
 @dataclass
@@ -171,6 +49,20 @@ class Hit:
     score: float
     item: Item
     caption: str | None = None
+
+
+@dataclass
+class WalStats:
+    """What opening and serving did with the log (shown by :meth:`EmbeddingIndex.health`)."""
+
+    replayed: int = 0          # records replayed when the index was opened
+    pending: int = 0           # records in the log now (folded into the index files by compaction)
+    torn: int = 0              # rejected: the last line, cut short by a crash (never acknowledged)
+    corrupt: int = 0           # rejected: garbage or a damaged record anywhere in the log
+    orphans_removed: int = 0   # images/added-* files no item refers to (their record was torn or never written)
+    compactions: int = 0
+    last_compaction: str | None = None
+    compaction_error: str | None = None
 
 
 class EmbeddingIndex:
@@ -183,34 +75,38 @@ class EmbeddingIndex:
         self.root = Path(root) if root is not None else None
         self.dim = int(meta["dim"])
         self.by_id = {it.id: i for i, it in enumerate(items)}
-        self.wal_replayed = 0
-        self.wal_torn = 0
+        self.wal = WalStats()
         self._lock = threading.RLock()
 
     # --- opening ----------------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | Path, fingerprint: dict[str, str] | None = None) -> "EmbeddingIndex":
-        """Open ``root``; with ``fingerprint`` refuse an index made by another model. Replays the WAL."""
-        faiss = require_faiss()
+    def open(cls, root: str | Path, fingerprint: dict[str, str] | None = None, *, create: bool = False,
+             dim: int | None = None, compact_over: int | None = COMPACT_OVER) -> "EmbeddingIndex":
+        """Open ``root``; with ``fingerprint`` refuse an index made by another model. Replays the log (setting
+        aside records it cannot use) and folds it into the index files when it holds ``compact_over`` records.
+
+        A missing ``root`` is an error unless ``create`` (then ``fingerprint`` and ``dim`` make a new empty index)."""
         root = Path(root)
+        if not root.exists():
+            if not create:
+                raise IndexFileError(f"index {root} does not exist; build one with `mope index DATA --model MODEL "
+                                     f"--out {root}`, or pass --create-index to start an empty index there")
+            if fingerprint is None or dim is None:
+                raise IndexFileError("creating an index needs the model's fingerprint and embedding width")
+            return cls.create(root, fingerprint, dim)
         meta = read_meta(root)
         if fingerprint is not None:
             check_fingerprint(meta, fingerprint, root)
-        try:
-            images = faiss.read_index(str(root / IMAGES_FAISS))
-            items = [Item(**d) for d in _read_jsonl(root / ITEMS_FILE)]
-            captions, rows = None, None
-            if (root / CAPTIONS_FAISS).is_file():
-                captions = faiss.read_index(str(root / CAPTIONS_FAISS))
-                rows = list(_read_jsonl(root / CAPTIONS_FILE))
-        except (RuntimeError, OSError, TypeError, json.JSONDecodeError) as e:
-            raise IndexFileError(f"{root}: index files are unreadable ({str(e).splitlines()[0]}); rebuild it with "
-                                 "`mope index`") from None
-        if images.ntotal != len(items) or (captions is not None and captions.ntotal != len(rows or [])):
-            raise IndexFileError(f"{root}: {images.ntotal} embeddings but {len(items)} items; the index is "
-                                 "inconsistent, rebuild it with `mope index`")
-        index = cls(meta, images, items, captions, rows, root=root)
-        index._replay_wal()
+        index = cls(meta, *read_data(root, meta), root=root)
+        with locked(root):
+            remove_other_generations(root, int(meta.get("generation", 0)))
+            index._replay()
+        if compact_over is not None and index.wal.pending >= compact_over:
+            try:
+                index.compact()
+            except IndexFileError as e:    # the log still holds everything: serving goes on, /health says why
+                index.wal.compaction_error = str(e)
+                log.warning("index %s: compacting the write-ahead log failed: %s", root, e)
         return index
 
     @classmethod
@@ -223,6 +119,37 @@ class EmbeddingIndex:
         write_index(root, meta, np.zeros((0, dim), np.float32), [])
         return cls.open(root, fingerprint)
 
+    def _replay(self) -> None:
+        """Apply the log's valid records; set aside the rest and remove images no item refers to (lock held)."""
+        found = wal.scan(self.root, self.dim)
+        for rec in found.records:
+            if rec.item.id not in self.by_id:      # already in the index files: a compaction cut short
+                self._apply(rec)
+                self.wal.replayed += 1
+        self.wal.pending = len(found.records)
+        if found.rejected:
+            where = wal.set_aside(self.root, found)
+            torn = sum(r.torn for r in found.rejected)
+            self.wal.torn += torn
+            self.wal.corrupt += len(found.rejected) - torn
+            for r in found.rejected:
+                log.warning("index %s: %s line %d is %s (%s); moved to %s", self.root, WAL_FILE, r.line,
+                            "a torn last record" if r.torn else "not a valid record", r.reason, where)
+        orphans = self._orphans()
+        for p in orphans:
+            p.unlink(missing_ok=True)
+        if orphans:
+            self.wal.orphans_removed += len(orphans)
+            log.warning("index %s: removed %d stored image(s) no item refers to (their log record was torn or "
+                        "never written): %s", self.root, len(orphans), ", ".join(p.name for p in orphans[:5]))
+
+    def _orphans(self) -> list[Path]:
+        folder = self.root / STORED_DIR
+        if not folder.is_dir():
+            return []
+        used = {it.source.get("path") for it in self.items if it.source.get("type") == "stored"}
+        return sorted(p for p in folder.glob(f"{ADDED_PREFIX}*") if f"{STORED_DIR}/{p.name}" not in used)
+
     # --- reading ----------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.items)
@@ -231,9 +158,17 @@ class EmbeddingIndex:
     def has_captions(self) -> bool:
         return self.captions is not None and self.captions.ntotal > 0
 
+    @property
+    def wal_replayed(self) -> int:
+        return self.wal.replayed
+
+    @property
+    def wal_torn(self) -> int:
+        return self.wal.torn
+
     def search(self, query: np.ndarray, k: int = 10, over: str = "images") -> list[Hit]:
         """Top-``k`` hits for one L2-normalised query vector, best first (``over``: images or captions)."""
-        q = _as_rows(query, self.dim)
+        q = as_rows(query, self.dim)
         with self._lock:
             if over == "captions":
                 if self.captions is None:
@@ -293,8 +228,9 @@ class EmbeddingIndex:
     def add(self, items: Sequence[Item], embeddings: np.ndarray, images: Sequence[bytes | None] | None = None,
             caption_embeddings: Sequence[np.ndarray | None] | None = None) -> list[int]:
         """Add items (and their image bytes, stored in the index) durably: image files are written and the WAL
-        record fsynced before the items become searchable and before this returns. Returns their positions."""
-        emb = _as_rows(embeddings, self.dim)
+        record fsynced before the items become searchable and before this returns. Returns their positions.
+        A failed write (disk full) raises :class:`IndexWriteError` and changes nothing."""
+        emb = as_rows(embeddings, self.dim)
         if len(items) != len(emb):
             raise IndexFileError(f"{len(items)} items but {len(emb)} embeddings")
         with self._lock:
@@ -305,196 +241,143 @@ class EmbeddingIndex:
                 seen.add(it.id)
             records = []
             for j, it in enumerate(items):
-                data = images[j] if images is not None else None
-                if data is not None and self.root is not None:
-                    rel = f"{STORED_DIR}/added-{_safe_name(it.id)}"
-                    from ..atomic import atomic_write_bytes
-                    atomic_write_bytes(self.root / rel, data)
-                    it.source = {"type": "stored", "path": rel}
                 cap = caption_embeddings[j] if caption_embeddings is not None else None
-                records.append({"item": it.to_dict(), "emb": _b64(emb[j]),
-                                "captions_emb": _b64(cap) if cap is not None and len(cap) else None})
+                cap = as_rows(cap, self.dim) if cap is not None and len(cap) else None
+                records.append(wal.WalRecord(Item(it.id, dict(it.source), list(it.captions)), emb[j], cap))
             if self.root is not None:
-                _append_wal(self.root / WAL_FILE, records)
+                with locked(self.root):
+                    self._persist(records, images)
+            for r, it in zip(records, items):
+                it.source = r.item.source
             return [self._apply(r) for r in records]
 
-    def _apply(self, record: dict[str, Any]) -> int:
-        it = Item(**record["item"])
-        emb = _unb64(record["emb"]).reshape(1, self.dim)
-        self.images.add(emb)
+    def _persist(self, records: list[wal.WalRecord], images: Sequence[bytes | None] | None) -> None:
+        """Write the records' images, then append the records; on failure remove the images (lock held)."""
+        from ..atomic import atomic_write_bytes
+
+        written: list[Path] = []
+        try:
+            for j, r in enumerate(records):
+                data = images[j] if images is not None else None
+                if data is not None:
+                    rel = f"{STORED_DIR}/{ADDED_PREFIX}{_safe_name(r.item.id)}"
+                    written.append(self.root / rel)
+                    atomic_write_bytes(self.root / rel, data)
+                    r.item.source = {"type": "stored", "path": rel}
+            wal.append(self.root, records)
+        except OSError as e:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise write_error(written[-1] if written else self.root / WAL_FILE, e, "adding to the index") from None
+        except IndexFileError:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
+        self.wal.pending += len(records)
+
+    def _apply(self, record: wal.WalRecord) -> int:
+        it = record.item
+        self.images.add(record.emb.reshape(1, self.dim))
         pos = len(self.items)
         self.items.append(it)
         self.by_id[it.id] = pos
-        if record.get("captions_emb") and it.captions:
-            cap = _unb64(record["captions_emb"]).reshape(-1, self.dim)
+        if record.captions_emb is not None and it.captions:
             if self.captions is None:
                 self.captions = make_faiss(self.dim, "exact")
-            self.captions.add(cap)
+            self.captions.add(record.captions_emb.reshape(-1, self.dim))
             self.caption_rows.extend({"text": t, "item": pos} for t in it.captions)
         return pos
 
-    def _replay_wal(self) -> None:
-        if self.root is None or not (self.root / WAL_FILE).is_file():
-            return
-        with open(self.root / WAL_FILE, "rb") as f:
-            lines = f.read().split(b"\n")
-        for n, line in enumerate(lines):
-            if not line.strip():
-                continue
+    # --- compaction -------------------------------------------------------------------------------
+    def compact(self, on_step=None) -> dict[str, Any]:
+        """Fold the log into the index files: write generation ``g + 1``, commit it by replacing ``index.json``,
+        then empty the log and remove generation ``g``. A crash at any point loses nothing (see :mod:`.store`).
+
+        ``on_step(name)`` is called after each step (tests kill the process there). Returns a summary."""
+        if self.root is None:
+            raise IndexFileError("an in-memory index has no files to compact")
+        step = on_step or (lambda name: None)
+        with self._lock, locked(self.root):
+            self._replay()                        # records another process appended, damaged lines set aside
+            folded = self.wal.pending
+            if not folded:
+                return {"folded": 0, "generation": int(self.meta.get("generation", 0)), "items": len(self.items)}
+            old, new = int(self.meta.get("generation", 0)), int(self.meta.get("generation", 0)) + 1
+            now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            meta = {**self.meta, "generation": new, "n_items": len(self.items), "n_captions": len(self.caption_rows),
+                    "compacted": now}
             try:
-                record = json.loads(line)
-                if record.get("sha256") != _record_hash(record):
-                    raise ValueError("checksum mismatch")
-            except (ValueError, json.JSONDecodeError):
-                # a torn write: only the last record can be one (it was never acknowledged)
-                if any(ln.strip() for ln in lines[n + 1:]):
-                    raise IndexFileError(f"{self.root / WAL_FILE}: record {n + 1} is corrupt and is not the last "
-                                         "one; the log was damaged after it was written") from None
-                # cut it off, so later appends follow the last acknowledged record
-                with open(self.root / WAL_FILE, "r+b") as f:
-                    f.truncate(sum(len(ln) + 1 for ln in lines[:n]))
-                    os.fsync(f.fileno())
-                self.wal_torn += 1
-                continue
-            if record["item"]["id"] in self.by_id:
-                continue
-            self._apply(record)
-            self.wal_replayed += 1
+                rows = self.caption_rows if self.captions is not None else None
+                write_data(self.root, new, self.images, self.items, self.captions, rows)
+                step("written")
+                from ..atomic import atomic_write_text
+                atomic_write_text(self.root / META_FILE, json.dumps(meta, indent=2))
+            except OSError as e:
+                remove_other_generations(self.root, old)
+                raise write_error(self.root, e, f"compacting index {self.root}") from None
+            step("committed")
+            self.meta = meta
+            (self.root / WAL_FILE).unlink(missing_ok=True)
+            step("log-emptied")
+            remove_other_generations(self.root, new)
+            self.wal.pending = 0
+            self.wal.compactions += 1
+            self.wal.last_compaction, self.wal.compaction_error = now, None
+        log.info("index %s: folded %d log record(s) into generation %d", self.root, folded, new)
+        return {"folded": folded, "generation": new, "items": len(self.items)}
+
+    # --- status -----------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """Counts for /health and /ready: items, the log (pending, replayed, rejected by kind, orphaned images
+        removed) and compaction. ``wal_rejected`` > 0 means records were set aside in ``wal.rejected``."""
+        w = self.wal
+        return {"items": len(self.items), "captions": len(self.caption_rows),
+                "generation": int(self.meta.get("generation", 0)),
+                "wal_pending": w.pending, "wal_replayed": w.replayed, "wal_rejected": w.torn + w.corrupt,
+                "wal_rejected_torn": w.torn, "wal_rejected_corrupt": w.corrupt,
+                "wal_rejected_file": str(self.root / REJECTED_FILE) if w.torn + w.corrupt else None,
+                "orphan_images_removed": w.orphans_removed, "compactions": w.compactions,
+                "last_compaction": w.last_compaction, "compaction_error": w.compaction_error}
 
     def describe(self) -> dict[str, Any]:
         return {"items": len(self.items), "captions": len(self.caption_rows), "dim": self.dim,
                 "kind": self.meta.get("kind"), "model": self.meta.get("model"),
-                "approx_recall_at_10": self.meta.get("approx_recall_at_10"), "wal_replayed": self.wal_replayed}
-
-
-class DuplicateIdError(IndexFileError):
-    """An item id that is already in the index."""
+                "approx_recall_at_10": self.meta.get("approx_recall_at_10"), "wal_replayed": self.wal.replayed,
+                "wal": {k: v for k, v in self.health().items() if k.startswith(("wal_", "orphan", "compact"))}}
 
 
 def _safe_name(item_id: str) -> str:
     return hashlib.sha256(item_id.encode()).hexdigest()[:24]
 
 
-def _b64(x: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode()
-
-
-def _unb64(s: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), dtype="<f4").astype(np.float32)
-
-
-def _record_hash(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _append_wal(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append records as one write, then fsync: after this returns they survive a crash (kill -9, power loss)."""
-    data = b""
-    for r in records:
-        r = dict(r)
-        r["sha256"] = _record_hash(r)
-        data += json.dumps(r).encode() + b"\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        # a previous crash may have left a torn last line without a newline: start on a fresh line
-        if os.fstat(fd).st_size:
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    data = b"\n" + data
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reading and writing index directories
-
-
-def new_meta(fingerprint: dict[str, str], dim: int, kind: str, source: str, **extra: Any) -> dict[str, Any]:
-    import datetime as dt
-
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": fingerprint, "dim": int(dim), "kind": kind,
-            "source": source, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **extra}
-
-
-def read_meta(root: str | Path) -> dict[str, Any]:
-    root = Path(root)
-    path = root / META_FILE
-    if not path.is_file():
-        raise IndexFileError(f"{root} is not an index ({META_FILE} not found); build one with "
-                             "`mope index DATA --model MODEL --out DIR`")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise IndexFileError(f"{path} is not valid JSON ({e}); rebuild the index") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise IndexFileError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} index (format {meta.get('format')!r} "
-                             f"v{meta.get('format_version')!r}); rebuild it with this version's `mope index`")
-    return meta
-
-
-def is_index(root: str | Path) -> bool:
-    return (Path(root) / META_FILE).is_file()
-
-
-def check_fingerprint(meta: dict[str, Any], fingerprint: dict[str, str], root: str | Path = "index") -> None:
-    have = meta.get("model") or {}
-    if have.get("sha256") != fingerprint.get("sha256"):
-        raise IndexFileError(
-            f"index {root} was built with model {have.get('name')!r} ({have.get('kind')} sha256 "
-            f"{str(have.get('sha256'))[:12]}) but this encoder is {fingerprint.get('name')!r} "
-            f"({fingerprint.get('kind')} "
-            f"sha256 {fingerprint.get('sha256', '')[:12]}): embeddings of different models are not comparable. "
-            f"Serve the model the index was built with, or rebuild it: mope index DATA --model "
-            f"{fingerprint.get('name')} --out NEW_INDEX")
-
-
 def write_index(out: str | Path, meta: dict[str, Any], image_emb: np.ndarray, items: Sequence[Item],
                 caption_emb: np.ndarray | None = None, caption_rows: Sequence[dict[str, Any]] | None = None,
-                stored_dir: str | Path | None = None) -> Path:
+                stored_dir: str | Path | None = None, force: bool = False) -> Path:
     """Write an index directory atomically (replacing ``out`` as a whole, which may be absent, empty or an
-    index holding only its own files). ``stored_dir``: a folder of images the index keeps (moved in)."""
+    index holding only its own files; anything with ``force``). ``stored_dir``: images the index keeps (moved
+    in). A failed write (disk full) leaves ``out`` as it was and raises :class:`IndexWriteError`."""
     import shutil
 
-    from ..atomic import atomic_dir
+    from ..atomic import Output
 
-    faiss = require_faiss()
     dim = int(meta["dim"])
-    image_emb = _as_rows(image_emb, dim) if len(image_emb) else np.zeros((0, dim), np.float32)
+    image_emb = as_rows(image_emb, dim) if len(image_emb) else np.zeros((0, dim), np.float32)
     if len(items) != len(image_emb):
         raise IndexFileError(f"{len(items)} items but {len(image_emb)} embeddings")
-    with atomic_dir(out, owner=index_owner()) as tmp:
-        images = make_faiss(dim, meta["kind"])
-        if len(image_emb):
-            images.add(image_emb)
-        faiss.write_index(images, str(tmp / IMAGES_FAISS))
-        _write_jsonl(tmp / ITEMS_FILE, (it.to_dict() for it in items))
-        if caption_emb is not None and caption_rows:
-            caps = make_faiss(dim, meta["kind"])
-            caps.add(_as_rows(caption_emb, dim))
-            faiss.write_index(caps, str(tmp / CAPTIONS_FAISS))
-            _write_jsonl(tmp / CAPTIONS_FILE, caption_rows)
-        if stored_dir is not None and Path(stored_dir).is_dir():
-            shutil.move(str(stored_dir), str(tmp / STORED_DIR))
-        (tmp / STORED_DIR).mkdir(exist_ok=True)
-        (tmp / META_FILE).write_text(json.dumps({**meta, "n_items": len(items),
-                                                 "n_captions": len(caption_rows or [])}, indent=2))
+    meta = {**meta, "generation": 0, "n_items": len(items), "n_captions": len(caption_rows or [])}
+    try:
+        with Output(Path(out), index_owner(), force).write() as tmp:
+            caps = filled(dim, meta["kind"], caption_emb) if caption_emb is not None and caption_rows else None
+            write_data(tmp, 0, filled(dim, meta["kind"], image_emb), items, caps,
+                       list(caption_rows) if caps is not None else None)
+            (tmp / STORED_DIR).mkdir()
+            if stored_dir is not None and Path(stored_dir).is_dir():
+                for p in Path(stored_dir).iterdir():      # links: the build's work folder stays resumable
+                    try:
+                        os.link(p, tmp / STORED_DIR / p.name)
+                    except OSError:
+                        shutil.copy2(p, tmp / STORED_DIR / p.name)
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    except OSError as e:
+        raise write_error(out, e, f"writing index {out}") from None
     return Path(out)
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def _read_jsonl(path: Path):
-    if not path.is_file():
-        return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)

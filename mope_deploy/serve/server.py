@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 import threading
@@ -12,7 +13,8 @@ from typing import Any, Iterator
 
 from .errors import ServeError
 from .index import EmbeddingIndex, is_index, model_fingerprint
-from .inputs import Limits, read_api_key
+from .config import ServeConfig
+from .inputs import read_api_key
 
 KEEP_ALIVE_S = 75
 
@@ -35,40 +37,50 @@ def check_host(host: str, allow_remote: bool) -> None:
                          "to mean it (and protect it with --api-key-file KEYFILE)")
 
 
-def open_index(path: str | Path | None, fingerprint: dict[str, str], dim: int) -> EmbeddingIndex | None:
-    """The index at ``path`` (checked against the model), a new empty one when ``path`` does not exist, or None."""
+def open_index(path: str | Path | None, fingerprint: dict[str, str], dim: int,
+               create: bool = False) -> EmbeddingIndex | None:
+    """The index at ``path`` (checked against the model), a new empty one when ``create`` and ``path`` does not
+    exist, or None."""
     if path is None:
         return None
+    check_index_path(path, create)
+    return EmbeddingIndex.open(Path(path), fingerprint, create=create, dim=dim)
+
+
+def check_index_path(path: str | Path | None, create: bool) -> None:
+    """Refuse a ``--index`` that is not an index, or that does not exist without ``--create-index`` (a mistyped
+    path would otherwise serve an empty index)."""
+    if path is None:
+        return
     path = Path(path)
     if path.exists() and not is_index(path):
-        raise ServeError(f"--index {path} exists but is not an index (no index.json); build one with `mope index` or "
-                         "give a new path to start an empty one")
-    if not path.exists():
-        return EmbeddingIndex.create(path, fingerprint, dim)
-    return EmbeddingIndex.open(path, fingerprint)
+        raise ServeError(f"--index {path} exists but is not an index (no index.json); build one with `mope index`, "
+                         "or give a new path with --create-index to start an empty one")
+    if not path.exists() and not create:
+        raise ServeError(f"--index {path} does not exist; check the path, or pass --create-index to start an empty "
+                         "index there (filled with POST /index/items)")
 
 
-def build_app(model: Any, *, backend: str = "onnxruntime", index: str | Path | None = None, max_batch: int = 32,
-              max_wait_ms: float = 5.0, max_queue: int = 1024, limits: Limits | None = None,
-              api_key_file: str | Path | None = None, threads: int | None = None, encoder=None,
-              work_dir: str | Path | None = None):
-    """Everything ``mope serve`` starts, checked before the model loads: the app over ``model`` on ``backend``."""
-    from .app import Metrics, create_app
+def build_app(model: Any, *, backend: str = "onnxruntime", index: str | Path | None = None,
+              config: ServeConfig | None = None, api_key_file: str | Path | None = None, create_index: bool = False,
+              threads: int | None = None, encoder=None, work_dir: str | Path | None = None):
+    """Everything ``mope serve`` starts, checked before the model loads: the app over ``model`` on ``backend``.
+    ``config.api_key`` is read from ``api_key_file`` when given; ``config.model_name`` defaults to ``str(model)``."""
+    from .app import create_app
     from .embedder import LocalEmbedder
 
-    api_key = read_api_key(api_key_file) if api_key_file is not None else None
-    if index is not None and Path(index).exists() and not is_index(index):
-        raise ServeError(f"--index {index} exists but is not an index (no index.json); build one with "
-                         "`mope index` or give a new path to start an empty one")
+    config = dataclasses.replace(config or ServeConfig())
+    if api_key_file is not None:
+        config.api_key = read_api_key(api_key_file)
+    if config.model_name == ServeConfig.model_name:
+        config.model_name = str(model)
+    check_index_path(index, create_index)
     if encoder is None:
         from ..runtime import open_encoder
         encoder = open_encoder(model, backend, threads=threads, work_dir=work_dir)
-    fp = model_fingerprint(model)
-    idx = open_index(index, fp, int(encoder.config.embed_dim))
-    metrics = Metrics()
-    embedder = LocalEmbedder(encoder, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                             on_batch=metrics.on_batch)
-    return create_app(embedder, idx, limits=limits, api_key=api_key, model_name=str(model), metrics=metrics)
+    idx = open_index(index, model_fingerprint(model), int(encoder.config.embed_dim), create_index)
+    embedder = LocalEmbedder(encoder, config.batching, strict_length=config.strict_length)
+    return create_app(embedder, idx, config)
 
 
 def run(app, host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False, log_level: str = "warning",

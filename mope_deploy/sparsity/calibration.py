@@ -60,24 +60,29 @@ def calibration_from_dataset(model, dataset, n_samples: int = 128, min_samples: 
 
 
 class LayerStats:
-    """Running statistics of one linear's inputs: row count, per-input sum of squares, optionally ``X^T X``."""
+    """Running statistics of one linear's inputs on the model's device, in float32: row count and either the
+    per-input sum of squares (Wanda) or ``X^T X`` (SparseGPT; its diagonal is the sum of squares)."""
 
-    def __init__(self, in_features: int, hessian: bool):
+    def __init__(self, in_features: int, hessian: bool, device: torch.device | str = "cpu"):
         self.n = 0
-        self.sq = torch.zeros(in_features, dtype=torch.float64)
-        self.xtx = torch.zeros(in_features, in_features, dtype=torch.float32) if hessian else None
+        self.sq = None if hessian else torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.xtx = torch.zeros(in_features, in_features, dtype=torch.float32, device=device) if hessian else None
 
     def add(self, x: Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).float().cpu()
+        x = x.detach().reshape(-1, x.shape[-1])
+        if x.dtype != torch.float32:
+            x = x.float()
         self.n += x.shape[0]
-        self.sq += (x.double() ** 2).sum(0)
         if self.xtx is not None:
             self.xtx.addmm_(x.t(), x)
+        else:
+            self.sq.add_(torch.linalg.vector_norm(x, dim=0).square_())
 
     @property
     def norms(self) -> Tensor:
         """``||X_j||_2`` over all calibration tokens, per input ``j`` (Wanda's activation norm)."""
-        return self.sq.sqrt().float()
+        sq = self.sq if self.xtx is None else torch.diagonal(self.xtx)
+        return sq.clamp(min=0).sqrt()
 
     @property
     def hessian(self) -> Tensor:
@@ -92,7 +97,7 @@ def token_validity(tower, tokens: Tensor) -> Tensor | None:
     if not getattr(cfg, "causal", False):
         return None
     pos = tower.pool_index(tokens)
-    return torch.arange(tokens.shape[1]).view(1, -1) <= pos.view(-1, 1).cpu()
+    return torch.arange(tokens.shape[1], device=pos.device).view(1, -1) <= pos.view(-1, 1)
 
 
 @torch.no_grad()
@@ -112,7 +117,7 @@ def blockwise(model, tower_name: str, calib: Calibration, prune_block: Callable[
     for i, blk in enumerate(tower.blocks):
         lins = block_linears(blk)
         if lins:
-            stats = {n: LayerStats(lin.in_features, hessian) for n, lin in lins.items()}
+            stats = {n: LayerStats(lin.in_features, hessian, lin.weight.device) for n, lin in lins.items()}
             current: dict[str, Tensor | None] = {"valid": None}
 
             def hook(mod, args, out, name):

@@ -1,14 +1,16 @@
 """ECoFLaP's coarse step (seed 003): global block scores from the contrastive loss, turned into per-block sparsity.
 
 Scores (one scalar per weight matrix, summed per block):
-- ``zeroth``: for every calibration batch and every prunable matrix ``W``, one seeded noise ``z ~ N(0, I)``;
-  the loss at ``W + eps z`` and ``W - eps z`` (eps 1e-3) gives the directional derivative
-  ``g = (L+ - L-) / (2 eps)``; ``|g|`` is accumulated. Forward passes only, and cheap ones: perturbing a
-  matrix of block ``l`` leaves blocks ``< l`` and the other tower unchanged, so block inputs are cached and only
-  blocks ``l..L-1`` re-run. Batches are independent: under ``torchrun`` they are dealt out to ranks and the
-  per-matrix sums gathered; ``z`` is seeded by (seed, batch, matrix), so the result does not depend on the
-  number of ranks.
-- ``first``: ``sum |W * dL/dW|`` with the gradient summed over the calibration batches (needs backward).
+- ``zeroth``: ``samples`` perturbations per prunable matrix ``W`` (``--zo-samples``); perturbation ``k`` uses
+  calibration batch ``k mod B`` and a noise ``z ~ N(0, I)`` seeded by (seed, k, matrix); the loss at ``W + eps z``
+  and ``W - eps z`` (eps 1e-3) gives the directional derivative ``g = (L+ - L-) / (2 eps)``; ``|g|`` is summed
+  (the reference's ``MEZO-GradOnly_sum``: ``num_data_first_stage`` pairs at ``prunining_dataset_batch_size``,
+  ``num_noise`` draws per batch). Forward passes only, and cheap ones: perturbing a matrix of block ``l``
+  leaves blocks ``< l`` and the other tower unchanged, so block inputs are cached and only blocks ``l..L-1``
+  re-run. Batches are independent: under ``torchrun`` they are dealt out to ranks and the per-matrix sums
+  gathered; ``z`` is seeded per perturbation, so the result does not depend on the number of ranks.
+- ``first``: ``sum |W| * mean_b |dL_b/dW|``: the gradient's magnitude accumulated per calibration batch, as the
+  reference's ``GradMagAbs_sum`` (not the magnitude of the summed gradient, where batches can cancel).
 
 Allocation (unstructured): every block first keeps ``ceil(N_b (1 - max_sparsity))`` weights; the rest of the
 global keep budget is handed out in proportion to ``score_b / sum(score)`` over the blocks not yet full, capping
@@ -19,7 +21,8 @@ the only freedom a global budget has is *which* blocks are n:m and which stay de
 order of increasing score per weight (least important first) until the global sparsity reaches the target.
 Dense and 2:4 layers mix freely in TensorRT (sparsity is chosen per layer), so this loses no speed on the
 layers that are sparse and keeps the most loss-sensitive blocks exact. At ``sparsity = 1 - n/m`` every block
-is n:m (ECoFLaP then equals its local method).
+is n:m (ECoFLaP then equals its local method). ``uniform`` (:func:`uniform_nm`) is the score-free control: the
+n:m blocks spread evenly over the depth of each tower.
 """
 
 from __future__ import annotations
@@ -59,19 +62,30 @@ def _reduce(local: dict[Key, float]) -> dict[Key, float]:
     return total
 
 
+def _perturbations(n_batches: int, samples: int | None) -> dict[int, list[int]]:
+    """Perturbation indices per calibration batch: ``k`` runs on batch ``k mod n_batches`` (default: one each)."""
+    n = n_batches if samples is None else samples
+    out: dict[int, list[int]] = {}
+    for k in range(n):
+        out.setdefault(k % n_batches, []).append(k)
+    return out
+
+
 @torch.no_grad()
 def zeroth_order_scores(model, calib: Calibration, towers=TOWERS, batch_size: int = 32,
-                        eps: float = 1e-3, seed: int = 0, advance: Callable[[int], None] | None = None
-                        ) -> dict[Key, float]:
-    """Per prunable matrix: ``sum over batches |L(W + eps z) - L(W - eps z)| / (2 eps)`` (see module doc)."""
+                        eps: float = 1e-3, seed: int = 0, advance: Callable[[int], None] | None = None,
+                        samples: int | None = None) -> dict[Key, float]:
+    """Per prunable matrix: ``sum over perturbations k |L(W + eps z_k) - L(W - eps z_k)| / (2 eps)``, ``samples``
+    perturbations (None: one per calibration batch); see the module doc."""
     model.eval()
     p = next(model.parameters())
     scale = model.logit_scale.exp()
     local: dict[Key, float] = {}
     batches = calib.batches(batch_size)
+    plan = _perturbations(len(batches), samples)
     for b in _my_batches(len(batches)):
         images, tokens = batches[b][0].to(p.device, p.dtype), batches[b][1].to(p.device)
-        if images.shape[0] < 2:
+        if images.shape[0] < 2 or b not in plan:
             continue  # a contrastive loss needs at least two pairs
         emb = {"vision": model.encode_image(images, normalize=True), "text": model.encode_text(tokens, normalize=True)}
         for t in towers:
@@ -89,13 +103,14 @@ def zeroth_order_scores(model, calib: Calibration, towers=TOWERS, batch_size: in
                 for j, (name, lin) in enumerate(block_linears(blk).items()):
                     w = lin.weight
                     orig = w.detach().clone()
-                    z = _z(w, seed, b, t, l, j)
-                    w.add_(z, alpha=eps)
-                    lp = loss_from(x, l)
-                    w.copy_(orig).add_(z, alpha=-eps)
-                    lm = loss_from(x, l)
-                    w.copy_(orig)
-                    local[(t, l, name)] = local.get((t, l, name), 0.0) + abs(lp - lm) / (2 * eps)
+                    for k in plan[b]:
+                        z = _z(w, seed, k, t, l, j)
+                        w.add_(z, alpha=eps)
+                        lp = loss_from(x, l)
+                        w.copy_(orig).add_(z, alpha=-eps)
+                        lm = loss_from(x, l)
+                        w.copy_(orig)
+                        local[(t, l, name)] = local.get((t, l, name), 0.0) + abs(lp - lm) / (2 * eps)
                 x = tower.run_blocks(x, start=l, end=l + 1)
         if advance is not None:
             advance(1)
@@ -104,37 +119,41 @@ def zeroth_order_scores(model, calib: Calibration, towers=TOWERS, batch_size: in
 
 def first_order_scores(model, calib: Calibration, towers=TOWERS, batch_size: int = 32,
                        advance: Callable[[int], None] | None = None) -> dict[Key, float]:
-    """Per prunable matrix: ``sum |W * G|``, ``G`` the contrastive-loss gradient summed over the batches."""
+    """Per prunable matrix: ``sum |W| * mean_b |G_b|``, ``G_b`` the contrastive-loss gradient of batch ``b``."""
     model.eval()
     p = next(model.parameters())
     flags = {n: q.requires_grad for n, q in model.named_parameters()}
     mats = {(t, l, n): lin for t in towers for l, blk in enumerate(model.tower(t).blocks)
             for n, lin in block_linears(blk).items()}
+    acc = {k: torch.zeros_like(lin.weight) for k, lin in mats.items()}
+    batches = calib.batches(batch_size)
+    n_used = sum(1 for im, _ in batches if im.shape[0] >= 2)  # the same on every rank: no communication
     try:
         model.requires_grad_(False)
         for lin in mats.values():
             lin.weight.requires_grad_(True)
             lin.weight.grad = None
-        batches = calib.batches(batch_size)
         for b in _my_batches(len(batches)):
             images, tokens = batches[b][0].to(p.device, p.dtype), batches[b][1].to(p.device)
             if images.shape[0] < 2:
                 continue
             img, txt, scale = model(images, tokens)[:3]
             info_nce(img, txt, scale).backward()
+            for k, lin in mats.items():  # |G_b| per batch, as the reference accumulates it
+                if lin.weight.grad is not None:
+                    acc[k].add_(lin.weight.grad.abs())
+                    lin.weight.grad = None
             if advance is not None:
                 advance(1)
         world = D.rank_world()[1]
-        if world > 1:  # |W * G| needs the gradient summed over all batches: sum it over ranks first
+        if world > 1:  # sum the per-rank accumulators (average_gradients averages .grad: undo the 1/world)
             weights = [lin.weight for lin in mats.values()]
-            for w in weights:
-                if w.grad is None:
-                    w.grad = torch.zeros_like(w)
+            for k, lin in mats.items():
+                lin.weight.grad = acc[k]
             D.average_gradients(weights)
-            for w in weights:
-                w.grad.mul_(world)
-        return {k: float((lin.weight.detach() * lin.weight.grad).abs().sum()) if lin.weight.grad is not None
-                else 0.0 for k, lin in mats.items()}
+            for a in acc.values():
+                a.mul_(world)
+        return {k: float((lin.weight.detach().abs() * acc[k]).sum()) / max(n_used, 1) for k, lin in mats.items()}
     finally:
         for lin in mats.values():
             lin.weight.grad = None
@@ -208,4 +227,30 @@ def allocate_nm(numels: list[int], scores: list[float], sparsity: float, pattern
         if numels[i]:
             sparse[i] = True
             zeros += numels[i] * pattern.sparsity
+    return sparse
+
+
+def uniform_nm(keys: list[tuple[str, int]], numels: list[int], sparsity: float, pattern: Pattern) -> list[bool]:
+    """Which blocks become n:m without scores (the control for :func:`allocate_nm`'s score order): repeatedly the
+    tower with the smallest n:m share of its weights takes the block farthest from its n:m blocks so far (ties:
+    the lowest index), until the global sparsity reaches ``sparsity``. ``keys``: ``(tower, block index)``."""
+    if sparsity > pattern.sparsity + 1e-9:
+        raise SparsityError(f"{pattern} prunes {pattern.sparsity:.0%} of a block; a global target of {sparsity:.0%} "
+                            f"cannot be reached with it: lower --sparsity to at most {pattern.sparsity}")
+    towers = sorted({t for t, _ in keys})
+    size = {t: sum(n for (tt, _), n in zip(keys, numels) if tt == t) for t in towers}
+    done = {t: 0 for t in towers}
+    sparse = [False] * len(keys)
+    zeros, total = 0.0, sum(numels)
+    while zeros < sparsity * total - 1e-9:
+        open_ = [t for t in towers if any(not sparse[i] and numels[i] and keys[i][0] == t for i in range(len(keys)))]
+        if not open_:
+            break
+        t = min(open_, key=lambda t: (done[t] / size[t], t))
+        chosen = [keys[i][1] for i in range(len(keys)) if sparse[i] and keys[i][0] == t]
+        cands = [i for i in range(len(keys)) if keys[i][0] == t and not sparse[i] and numels[i]]
+        i = max(cands, key=lambda i: (min((abs(keys[i][1] - c) for c in chosen), default=math.inf), -keys[i][1]))
+        sparse[i] = True
+        done[t] += numels[i]
+        zeros += numels[i] * pattern.sparsity
     return sparse

@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from mope_deploy.compress import pipeline as pipelines
-from mope_deploy.compress.pipeline import compose_plans, compress, dataset_pairs
+from mope_deploy.compress.pipeline import compress
+from mope_deploy.data.sampling import dataset_pairs
+from mope_deploy.pruning.compose import compose_plans
 from mope_deploy.compress.recipe import parse_recipe
 from mope_deploy.models import load_model, model_stats
 from mope_deploy.pruning.apply import apply_plan

@@ -124,7 +124,8 @@ def test_paper_recipes_build_the_paper_students_from_vit_l14(name):
 
 @pytest.mark.parametrize("name,tower,width,depth", [("mope-clip-v", "vision", 384, 18), ("mope-clip-t", "text", 384, 12)])
 def test_finetuning_recipes_build_their_shapes(name, tower, width, depth):
-    from mope_deploy.compress.pipeline import compose_plans, recipe_target
+    from mope_deploy.compress.pipeline import recipe_target
+    from mope_deploy.pruning.compose import compose_plans
     from mope_deploy.models import load_config
     from mope_deploy.pruning.plan import make_plan
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mope_deploy.models import SlimCLIP
+from mope_deploy.models import SlimCLIP, save_model
 from mope_deploy.models.tiny import tiny_config
 
 
@@ -15,4 +15,4 @@ from mope_deploy.models.tiny import tiny_config
 def good_model(tmp_path_factory) -> Path:
     """A tiny model directory, saved once (tests copy it before breaking it)."""
     torch.manual_seed(0)
-    return SlimCLIP(tiny_config()).eval().save(tmp_path_factory.mktemp("rel") / "good")
+    return save_model(SlimCLIP(tiny_config()).eval(), tmp_path_factory.mktemp("rel") / "good")

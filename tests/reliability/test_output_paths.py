@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from mope_deploy.atomic import OutputPathError, Owner, atomic_dir, atomic_write_text, check_target
-from mope_deploy.models import load_model
+from mope_deploy.models import load_model, save_model
 from reliability_helpers import cli, tree
 
 PRUNE = ["--depth", "1", "--depth-method", "top"]
@@ -77,14 +77,14 @@ def test_library_writers_keep_the_rule(tiny_model, tmp_path):
     user = _user_folder(tmp_path / "u")
     before = tree(tmp_path)
     with pytest.raises(OutputPathError, match="which mope did not write"):
-        tiny_model.save(user)
+        save_model(tiny_model, user)
     with pytest.raises(OutputPathError, match="is an existing folder"):
         atomic_write_text(user, "x")
     with pytest.raises(OutputPathError, match="already holds"):
         with atomic_dir(user):
             pytest.fail("the block must not run")
     assert tree(tmp_path) == before
-    tiny_model.save(user, force=True)                                   # --force: the only way to replace it
+    save_model(tiny_model, user, force=True)                                   # --force: the only way to replace it
     assert sorted(p.name for p in user.iterdir()) == ["config.json", "model.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["u"]
 

@@ -21,12 +21,12 @@ def kit(tmp_path_factory):
     """A tiny teacher, a 4-image CSV and a recipe dict using them (2 training steps, magnitude scores)."""
     import torch
 
-    from mope_deploy.models import SlimCLIP
+    from mope_deploy.models import SlimCLIP, save_model
     from mope_deploy.models.tiny import tiny_config
 
     root = tmp_path_factory.mktemp("kit")
     torch.manual_seed(0)
-    teacher = SlimCLIP(tiny_config()).eval().save(root / "teacher")
+    teacher = save_model(SlimCLIP(tiny_config()).eval(), root / "teacher")
     (root / "data" / "images").mkdir(parents=True)
     rows = ["filepath,title"]
     for i, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):

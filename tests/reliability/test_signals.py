@@ -16,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from mope_deploy.models import save_model
 from reliability_helpers import app, runner, tree
 
 HERE = Path(__file__).parent
@@ -115,7 +116,7 @@ def test_sigterm_during_compress_then_resume(tmp_path, tiny_model):
         rows += [f"{i}.png,colour {i}", f"{i}.png,square number {i}"]
     (root / "captions.csv").write_text("\n".join(rows) + "\n")
     data = str(root / "captions.csv")
-    recipe = {"name": "sig", "teacher": str(tiny_model.save(tmp_path / "teacher")), "stage": "pretraining",
+    recipe = {"name": "sig", "teacher": str(save_model(tiny_model, tmp_path / "teacher")), "stage": "pretraining",
               "data": {"train": data, "val": data, "test": data, "train_split": "test", "val_split": "test"},
               "prune": {"vision": {"width": 32}, "text": {"width": 32}, "method": "magnitude", "neuron_groups": 4},
               "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 4, "eval_every_epoch": False}}

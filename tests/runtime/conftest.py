@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mope_deploy.models import save_model
+
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
@@ -19,7 +21,7 @@ def tiny_bundle(tmp_path_factory):
     torch.manual_seed(0)
     model = SlimCLIP(tiny_config()).eval()
     root = tmp_path_factory.mktemp("rt")
-    model.save(root / "model")
+    save_model(model, root / "model")
     export_bundle(model, root / "bundle")  # fp32 + ORT-optimised graphs
     return model, root / "model", root / "bundle"
 

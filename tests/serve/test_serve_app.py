@@ -1,5 +1,6 @@
 """The real server on a loopback port (uvicorn in a thread), over HTTP with httpx: embeddings equal the encoder's,
-bad requests get the right 4xx and the server keeps serving, batching happens across requests, overload is a 503."""
+bad requests get the right 4xx and the server keeps serving, batching happens across requests, overload is a 503,
+metrics labels stay bounded, readiness waits for the warm-up, long texts are truncated as CLIP does."""
 
 from __future__ import annotations
 
@@ -16,11 +17,22 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 
+from mope_deploy.serve.config import BatchSettings, Limits, ServeConfig  # noqa: E402
 from mope_deploy.serve.index import IndexFileError  # noqa: E402
-from mope_deploy.serve.inputs import Limits  # noqa: E402
 from mope_deploy.serve.server import build_app, check_host, serve_in_thread  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
+
+
+def fixed(max_batch: int = 32, max_wait_ms: float = 5, max_queue: int = 1024, **limits) -> ServeConfig:
+    return ServeConfig(limits=Limits(**limits), batching=BatchSettings("fixed", max_batch, max_wait_ms, max_queue))
+
+
+def wait_ready(client, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, "the server never became ready"
+        time.sleep(0.05)
 
 
 def png_header_only(w: int, h: int) -> bytes:
@@ -38,11 +50,11 @@ def live(demo_index, demo_encoder, tmp_path_factory):
     shutil.copytree(demo_index, index)
     keyfile = tmp_path_factory.mktemp("key") / "key"
     keyfile.write_text(KEY + "\n")
-    limits = Limits(max_body_bytes=2_000_000, max_images=4, max_image_pixels=4_000_000)
-    app = build_app("demo", backend="torch", index=index, encoder=demo_encoder, limits=limits, api_key_file=keyfile,
-                    max_batch=32, max_wait_ms=5)
+    config = fixed(max_body_bytes=2_000_000, max_images=4, max_image_pixels=4_000_000)
+    app = build_app("demo", backend="torch", index=index, encoder=demo_encoder, config=config, api_key_file=keyfile)
     with serve_in_thread(app) as url:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
+            wait_ready(client)
             yield client
 
 
@@ -192,8 +204,8 @@ class _Slow:
 
 
 def test_full_queue_is_a_503_and_a_slow_request_a_504(demo_encoder):
-    app = build_app("demo", backend="torch", encoder=_Slow(demo_encoder, 0.3), max_batch=1, max_queue=2,
-                    limits=Limits(timeout_s=3.0))
+    app = build_app("demo", backend="torch", encoder=_Slow(demo_encoder, 0.3),
+                    config=fixed(max_batch=1, max_queue=2, timeout_s=3.0))
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         barrier = threading.Barrier(10)
 
@@ -208,8 +220,9 @@ def test_full_queue_is_a_503_and_a_slow_request_a_504(demo_encoder):
         r503 = next(r for r in rs if r.status_code == 503)
         assert "queue full" in r503.json()["error"]["message"] and r503.headers["retry-after"] == "1"
         assert c.post("/v1/embeddings", json={"input": "after"}).status_code == 200
-    app = build_app("demo", backend="torch", encoder=_Slow(demo_encoder, 1.5), limits=Limits(timeout_s=0.5))
+    app = build_app("demo", backend="torch", encoder=_Slow(demo_encoder, 1.5), config=fixed(timeout_s=0.5))
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        wait_ready(c)
         r = c.post("/v1/embeddings", json={"input": "slow"})
         assert r.status_code == 504 and "--timeout" in r.json()["error"]["message"]
         assert c.get("/health").status_code == 200
@@ -219,7 +232,7 @@ def test_onnx_bundle_server_matches_onnxruntime_encoder(demo_bundle, noise_image
     from mope_deploy.runtime import open_encoder
 
     enc = open_encoder(demo_bundle, "onnxruntime")
-    app = build_app(str(demo_bundle), backend="onnxruntime", encoder=enc)
+    app = build_app(str(demo_bundle), backend="onnxruntime", encoder=enc, create_index=False)
     texts = ["a purple cross", "three yellow diamonds at the bottom"]
     ims = noise_images(2, size=64, seed=5)
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as c:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .onnx import ExportError
+from ..onnx import ExportError
 
 #: ILogger.Severity values (TensorRT C++ ``ILogger::Severity``: kINTERNAL_ERROR=0, kERROR=1, kWARNING=2,
 #: kINFO=3, kVERBOSE=4; the Python enum has the same members and converts with ``int()``)
@@ -168,7 +168,7 @@ def save_timing_cache(config, cache_path: Path, info: dict[str, Any]) -> None:
     if cache is None:
         info["state"] = "not saved (TensorRT returned no cache)"
         return
-    from ..atomic import atomic_write_bytes
+    from ...atomic import atomic_write_bytes
 
     atomic_write_bytes(cache_path, bytes(cache.serialize()))
 

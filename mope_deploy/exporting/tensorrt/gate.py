@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..graphs import compare_embeddings, unit_rows
+
 #: per precision: minimum cosine and maximum |diff| of normalised embeddings vs torch fp32
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"min_cosine": 0.99999, "max_abs": 1e-3},
@@ -25,20 +27,13 @@ THRESHOLDS: dict[str, dict[str, float]] = {
 }
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def compare(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """min cosine and max |diff| of the normalised rows of ``got`` vs ``ref``."""
-    if got.shape != ref.shape:
-        return {"min_cosine": -1.0, "max_abs": float("inf"), "n": int(len(ref)),
-                "error": f"output shape {tuple(got.shape)} != reference {tuple(ref.shape)}"}
-    a, b = _unit(got), _unit(ref)
-    if not np.all(np.isfinite(a)):
-        return {"min_cosine": -1.0, "max_abs": float("inf"), "n": int(len(ref)), "error": "non-finite output"}
-    return {"min_cosine": float((a * b).sum(-1).min()), "max_abs": float(np.abs(a - b).max()), "n": int(len(ref))}
+def compare(got: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+    """min cosine and max |diff| of the normalised rows of ``got`` vs ``ref`` (:func:`..graphs.compare_embeddings`)."""
+    c = compare_embeddings(got, ref, normalize=True)
+    out = {"min_cosine": c["min_cosine"], "max_abs": c["max_abs"], "n": c["n"]}
+    if "error" in c:
+        out["error"] = c["error"]
+    return out
 
 
 def _batches(x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
@@ -75,9 +70,9 @@ def gate_encoder(run: Callable[[torch.Tensor], np.ndarray], reference: Callable[
 def recall_gate(image_emb: np.ndarray, text_emb: np.ndarray, txt2img: torch.Tensor, reference: dict[str, float],
                 max_drop: float) -> dict[str, Any]:
     """Retrieval metrics of the engine's embeddings vs the torch fp32 ``reference`` metrics."""
-    from ..eval.retrieval import retrieval_metrics
+    from ...eval.retrieval import retrieval_metrics
 
-    m = retrieval_metrics(torch.from_numpy(_unit(image_emb)).float(), torch.from_numpy(_unit(text_emb)).float(),
+    m = retrieval_metrics(torch.from_numpy(unit_rows(image_emb)).float(), torch.from_numpy(unit_rows(text_emb)).float(),
                           txt2img)
     m = {k: float(v) for k, v in m.items()}
     delta = m["recall_mean"] - reference["recall_mean"]
@@ -88,7 +83,7 @@ def recall_gate(image_emb: np.ndarray, text_emb: np.ndarray, txt2img: torch.Tens
 @torch.no_grad()
 def torch_recall(model, ev) -> dict[str, float]:
     """Retrieval metrics of the torch model (fp32) on the evaluation inputs: the recall gate's reference."""
-    from ..eval.retrieval import retrieval_metrics
+    from ...eval.retrieval import retrieval_metrics
 
     img = torch.cat([model.encode_image(ev.images[i:i + 64].float(), normalize=True)
                      for i in range(0, len(ev.images), 64)])
@@ -101,7 +96,7 @@ def sample_tokens(model, real: torch.Tensor | None = None) -> torch.Tensor | Non
     """Real tokenizer output for the text gate: ``real`` when given, else the exporter's sample captions through
     the model's own tokenizer; None when that tokenizer cannot load here (e.g. open_clip absent on a bare GPU
     box), in which case the gate runs on random token rows only."""
-    from .onnx import SAMPLE_CAPTIONS, tokenize
+    from ..onnx import SAMPLE_CAPTIONS, tokenize
 
     if real is not None:
         return real.to(torch.int32)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .onnx import ExportError
+from ..onnx import ExportError
 
 
 def make_calibrator(trt, inputs: torch.Tensor, input_name: str, batch_size: int, cache_file: Path,

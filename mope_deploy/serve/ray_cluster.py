@@ -1,0 +1,105 @@
+"""Connecting to Ray (or starting a local one) for `mope index --ray`, and what the cluster can hold.
+
+A local Ray is started with its advertised address on loopback and without the dashboard; its services are then
+checked for listening sockets on other addresses (:func:`exposed_listeners`; see README: Ray's own gRPC servers
+may still bind every interface, which ``--allow-remote`` accepts and the default reports).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from .errors import ServeError
+
+
+class RayResourceError(ServeError):
+    """The Ray cluster cannot hold what was asked (names the resources and the fix)."""
+
+
+def require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise ServeError(f"Ray is not installed ({e}): pip install 'mope-deploy[ray]' (ray[serve,data])") from None
+    return ray
+
+
+def start_ray(address: str | None, *, allow_remote: bool = False, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` or start a local Ray; returns True when this call started (and so owns) it.
+    An already initialised Ray (a caller's) is used as it is."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if address is None:
+        kwargs["num_cpus"] = num_cpus
+        if not allow_remote:
+            kwargs["_node_ip_address"] = "127.0.0.1"
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ServeError(f"cannot connect to Ray at {address or 'a new local cluster'}: {str(e).splitlines()[0]}; "
+                         "check --address (ray://HEAD:10001 or auto)") from None
+    return True
+
+
+def cluster_cpus() -> tuple[float, float, dict[str, float]]:
+    """(total CPUs, free CPUs now, all resources) of the connected cluster."""
+    ray = require_ray()
+    total = {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+    free = ray.available_resources()
+    return total.get("CPU", 0.0), float(free.get("CPU", 0.0)), total
+
+
+def describe_resources() -> str:
+    total, free, res = cluster_cpus()
+    other = ", ".join(f"{k} {v:g}" for k, v in sorted(res.items()) if k != "CPU" and "memory" not in k)
+    return f"{total:g} CPU in total, {free:g} free now" + (f"; also {other}" if other else "")
+
+
+def plan_workers(requested: int | None, cpus_per_worker: float = 1.0) -> int:
+    """Encoder actors to start: ``requested``, refused when the cluster cannot hold them (never queued forever);
+    None = its CPUs - 1 (one left for Ray Data and the driver), at least 1."""
+    total, _, _ = cluster_cpus()
+    if total < cpus_per_worker:
+        raise RayResourceError(f"the Ray cluster has no CPU for an encoder actor ({describe_resources()}); add a "
+                               "node or start Ray with --num-cpus")
+    fits = int(total // cpus_per_worker)
+    if requested is None:
+        return max(1, fits - 1)
+    if requested > fits:
+        raise RayResourceError(f"--ray-workers {requested} asks for {requested * cpus_per_worker:g} CPU "
+                               f"({cpus_per_worker:g} per encoder actor) but the Ray cluster has "
+                               f"{describe_resources()}: use --ray-workers {fits} or fewer (or leave it out: "
+                               f"{max(1, fits - 1)} on this cluster)")
+    return requested
+
+
+def exposed_listeners(pids: list[int] | None = None) -> list[str]:
+    """``name pid address:port`` of every listening socket of this process's children (a local Ray's services)
+    that is not on a loopback address; empty without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    procs = [psutil.Process(p) for p in pids] if pids is not None else psutil.Process().children(recursive=True)
+    out = []
+    for p in procs:
+        try:
+            conns = p.net_connections(kind="inet")
+            name = p.name()
+        except (psutil.Error, OSError):
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN and not _loopback(c.laddr.ip):
+                out.append(f"{name} {p.pid} {c.laddr.ip}:{c.laddr.port}")
+    return out
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip.split("%")[0]).is_loopback
+    except ValueError:
+        return ip == "localhost"
