@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mope_deploy.exporting.bundle import onnx_name
+from mope_deploy.bundle import onnx_name
 from mope_deploy.vocab import TOWERS
 
 ORT_LEVERS = ("ort-fp32", "ort-optimized", "ort-fused", "ort-fused-opt", "ort-int8-dynamic", "ort-int8-fused",

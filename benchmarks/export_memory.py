@@ -45,7 +45,7 @@ def child(model_name: str, exporter: str, full: bool = False) -> dict:
 
             d = str(Path(d) / "bundle")
             info = export_onnx(model, d, ExportConfig(exporter=exporter))
-            parity = info["parity"]["max_abs"]
+            parity = info.parity["max_abs"]
         else:
             info, parity = write_onnx(model, d, exporter=exporter), None
         seconds = time.perf_counter() - t0

@@ -57,7 +57,8 @@ def main() -> None:
         out = Path(d) / "bundle"
         t0 = time.perf_counter()
         m = export_bundle(model, out, ExportConfig(precision="int8", eval_data=a.eval_data, eval_limit=a.eval_limit,
-                                                   max_recall_drop=1e9, skip_recall_gate=a.eval_data is None))
+                                                   max_recall_drop=1e9, skip_recall_gate=a.eval_data is None)
+                          ).to_dict()
         export_s = time.perf_counter() - t0
         size = model.config.vision.image_size
         inputs = {"vision": torch.randn(a.batch, 3, size, size).numpy(),

@@ -205,7 +205,7 @@ def tensorrt_step(kind: str, work: Path, batch: int, warmup: int, iters: int, de
     import tensorrt as trt
 
     from mope_deploy.exporting import tensorrt as trt_export
-    from mope_deploy.exporting.trt_engine import load_runner
+    from mope_deploy.exporting.tensorrt.runner import load_runner
 
     model = _student(kind)
     d = work / f"trt-{kind}"
@@ -214,12 +214,13 @@ def tensorrt_step(kind: str, work: Path, batch: int, warmup: int, iters: int, de
     cfg = model.config
     images, tokens = _inputs(cfg, batch, device)
     for precision in ("fp32", "fp16"):
-        info = trt_export.build_engines(d, model, precision, (1, min(8, batch), batch), device=device)
-        res = {"gates": {t: {k: info["engines"][t]["gate"][k] for k in ("min_cosine", "max_abs", "passed")}
+        info = trt_export.build_engines(d, model, trt_export.EngineBuild(precision, (1, min(8, batch), batch),
+                                                                         device=device))
+        res = {"gates": {t: {k: info.engines[t].gate[k] for k in ("min_cosine", "max_abs", "passed")}
                          for t in ("vision", "text")},
-               "build_s": {t: info["engines"][t]["build_seconds"] for t in ("vision", "text")}}
+               "build_s": {t: info.engines[t].details["build_seconds"] for t in ("vision", "text")}}
         for tower, name, x in (("vision", "image", images), ("text", "tokens", tokens.int())):
-            r = load_runner(trt, d / info["engines"][tower]["file"], name, device=device)
+            r = load_runner(trt, d / info.engines[tower].file, name, device=device)
             xp = r.prepare(x)
             res[f"{tower}_ms"] = time_ms(lambda: (r.enqueue(xp), r.synchronize()), warmup, iters, device)["median_ms"]
         out[precision] = res
@@ -228,18 +229,20 @@ def tensorrt_step(kind: str, work: Path, batch: int, warmup: int, iters: int, de
 
 def torch_tensorrt_step(kind: str, work: Path, batch: int, warmup: int, iters: int,
                         device: str = "cuda") -> dict[str, Any]:
-    from mope_deploy.exporting import torch_trt as torch_trt_export
+    from mope_deploy.exporting.tensorrt import EngineBuild
+    from mope_deploy.exporting.tensorrt import torch_trt as torch_trt_export
 
     model = _student(kind)
     d = work / f"ttrt-{kind}"
     d.mkdir(parents=True, exist_ok=True)
-    info = torch_trt_export.compile_torch_tensorrt(model, d, "fp16", (1, min(8, batch), batch), device=device)
+    info = torch_trt_export.compile_torch_tensorrt(model, d, EngineBuild("fp16", (1, min(8, batch), batch),
+                                                                         device=device))
     images, tokens = _inputs(model.config, batch, device)
-    res: dict[str, Any] = {"version": info["version"], "features": info["features"],
-                           "gates": {t: {k: g[k] for k in ("min_cosine", "max_abs", "passed")}
-                                     for t, g in info["gates"].items()}}
+    res: dict[str, Any] = {"version": info.version, "features": info.details["features"],
+                           "gates": {t: {k: e.gate[k] for k in ("min_cosine", "max_abs", "passed")}
+                                     for t, e in info.engines.items()}}
     for tower, x in (("vision", images), ("text", tokens.int())):
-        prog = torch_trt_export.load_program(d / info["files"][tower], device)
+        prog = torch_trt_export.load_program(d / info.engines[tower].file, device)
         with torch.inference_mode():
             res[f"{tower}_ms"] = time_ms(lambda: prog(x), warmup, iters, device)["median_ms"]
     return res
@@ -249,7 +252,7 @@ def ort_cuda_step(kind: str, work: Path, batch: int, warmup: int, iters: int) ->
     import numpy as np
     import onnxruntime as ort
 
-    from mope_deploy.exporting.engine_gate import compare
+    from mope_deploy.exporting.tensorrt.gate import compare
 
     model = _student(kind)
     d = work / f"ort-{kind}"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import logging
 import os
 import shutil
@@ -40,7 +41,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 from .errors import MopeError
 
@@ -382,6 +383,53 @@ class Output:
 
     def write(self) -> contextlib.AbstractContextManager[Path]:
         return atomic_dir(self.path, self.owner, self.force)
+
+
+# ----------------------------------------------------------------------------------------- output files
+
+@dataclass(frozen=True)
+class FileOwner:
+    """How to recognise a single file this tool wrote (a score table, a results JSON, a plot): ``recognises``
+    gets the file's bytes (files larger than ``max_bytes`` are never recognised)."""
+
+    kind: str
+    recognises: Callable[[bytes], bool]
+    max_bytes: int = 256 << 20
+
+
+def json_with(*keys: str) -> Callable[[bytes], bool]:
+    """A recogniser: a JSON object holding every one of ``keys`` at its top level."""
+    def recognises(data: bytes) -> bool:
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError):
+            return False
+        return isinstance(obj, dict) and all(k in obj for k in keys)
+    return recognises
+
+
+def check_file_target(path: str | Path, owner: FileOwner, force: bool = False) -> None:
+    """The output policy for a single file: ``path`` may be absent or a file ``owner`` recognises; a folder,
+    a link or a user's file is refused (:class:`OutputPathError`) unless ``force``. Write it with
+    :func:`atomic_file`, so a failed run leaves the old file byte-identical, ``force`` or not."""
+    path = Path(path)
+    _check_parent(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        raise OutputPathError(f"{path} is a folder; give the name of the {owner.kind} file to write")
+    if force:
+        return
+    how = "choose another file name, move it away, or pass --force to replace it"
+    if path.is_symlink():
+        raise OutputPathError(f"{path} is a symbolic link; mope does not replace links: {how}")
+    try:
+        ours = path.stat().st_size <= owner.max_bytes and owner.recognises(path.read_bytes())
+    except OSError as e:
+        raise OutputPathError(f"cannot read {path} ({e.strerror or e}); {how}") from None
+    if not ours:
+        raise OutputPathError(f"{path} already exists and is not a {owner.kind} mope wrote; mope only replaces "
+                              f"files it wrote itself: {how}")
 
 
 # ------------------------------------------------------------------------------------------- work folders

@@ -1,5 +1,5 @@
 """Each shared fact is written once: no module restates a vocabulary tuple (mope_deploy/vocab.py) or a bundle
-file name (mope_deploy/exporting/bundle.py) as a literal."""
+file name (mope_deploy/bundle/names.py) as a literal."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import mope_deploy.vocab as vocab
 
 PKG = Path(__file__).resolve().parents[1] / "mope_deploy"
 WORDS = {name: frozenset(v) for name, v in vars(vocab).items() if name.isupper() and isinstance(v, tuple)}
-# the bundle format's names: only exporting/bundle.py spells them (others call onnx_name / Bundle)
+# the bundle format's names: only bundle/names.py spells them (others call onnx_name / Bundle)
 BUNDLE_LITERALS = ("image_encoder", "text_encoder", "manifest.json", "tensorrt_build.log")
 
 
@@ -36,7 +36,7 @@ def test_no_module_restates_a_vocabulary_tuple():
 def test_bundle_file_names_are_spelled_only_by_the_bundle_module():
     found = []
     for path in sorted(PKG.rglob("*.py")):
-        if path.relative_to(PKG).as_posix() == "exporting/bundle.py":
+        if path.relative_to(PKG).as_posix() == "bundle/names.py":
             continue
         tree = ast.parse(path.read_text())
         docstrings = {id(n.body[0].value) for n in ast.walk(tree)
@@ -47,7 +47,7 @@ def test_bundle_file_names_are_spelled_only_by_the_bundle_module():
                 hits = [w for w in BUNDLE_LITERALS if w in node.value]
                 if hits and not _is_message(node, tree):
                     found.append(f"{path.relative_to(PKG.parent)}:{node.lineno}: {node.value!r}")
-    assert not found, "name bundle files through mope_deploy.exporting.bundle:\n" + "\n".join(found)
+    assert not found, "name bundle files through mope_deploy.bundle:\n" + "\n".join(found)
 
 
 def _is_message(node: ast.Constant, tree: ast.AST) -> bool:

@@ -14,8 +14,9 @@ from .common import console, user_errors
 
 def compress(
     recipe: str = typer.Argument("demo", help="A recipe YAML path or the name of a shipped recipe (default: demo)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>). "
-                                       "Rerunning with the same directory resumes an interrupted run."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>): absent, "
+                                       "empty, or a run folder mope wrote, which is resumed; anything else is refused, "
+                                       "naming what is there (compress writes in place, so it has no --force)."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run in --out (default), "
                                 "or start over: deletes only the files an earlier mope run wrote there (a folder "
                                 "without its state.json is never cleared)."),

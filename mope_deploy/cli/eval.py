@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
 
-from ..atomic import atomic_write_text
-from .common import MODEL_HELP, console, err_console, user_errors
+from .common import FORCE_HELP, MODEL_HELP, console, err_console, user_errors
 
 
 class Task(str, Enum):
@@ -21,10 +19,6 @@ class Task(str, Enum):
 
 DATA_HELP = ("retrieval: 'synthetic[:SPLIT]', a CSV/TSV (or a folder with captions.csv), a Karpathy JSON, or "
              "WebDataset shards ('shards/{000..009}.tar'); zeroshot: a folder with one sub-folder per class.")
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 def eval_cmd(
@@ -43,7 +37,9 @@ def eval_cmd(
     caption_key: Optional[str] = typer.Option(None, "--csv-caption-key", help="CSV column with captions."),
     separator: Optional[str] = typer.Option(None, "--csv-separator", help="CSV separator (default: tab for .tsv, "
                                                                           "else comma)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file (absent, "
+                                            "or a results file mope wrote)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Evaluate MODEL: image-text retrieval (TR@1/5/10, IR@1/5/10, Recall Mean) or zero-shot classification."""
@@ -52,7 +48,11 @@ def eval_cmd(
     from ..eval.zeroshot import evaluate_zeroshot
     from ..models import load
 
+    from ..eval.results import check_result_path, write_result
+
     with user_errors():
+        if json_out is not None:
+            check_result_path(json_out, force)        # before any work is spent
         if task is Task.zeroshot:
             dataset = load_image_folder(data)
         else:
@@ -86,5 +86,5 @@ def eval_cmd(
         if task is Task.retrieval:
             payload["split"] = split
         with user_errors():
-            _write_json(json_out, payload)
+            write_result(json_out, payload, force)
         console.print(f"wrote {json_out}")

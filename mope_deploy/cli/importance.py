@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 
 import typer
 
 from ..progress import progress_bar
-from .common import MODEL_HELP, UsageError, console, user_errors
+from .common import FORCE_HELP, MODEL_HELP, UsageError, console, user_errors
 
 
 def importance(
@@ -25,62 +25,29 @@ def importance(
     max_images: int = typer.Option(None, help="Use only the first N images of --data (quick runs)."),
     naive: bool = typer.Option(False, "--naive", help="Reference mode: re-encode both towers for every probe."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)."),
-    out: Path = typer.Option(..., "--out", help="Score table JSON to write."),
+    out: Path = typer.Option(..., "--out", help="Score table JSON to write (absent, or a score table mope wrote)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Score every head, FFN neuron group and block (MoPE = metric(full) - metric(module removed)).
 
     Under `torchrun --nproc_per_node N $(which mope) importance ...` the probes are sharded across ranks and
     rank 0 writes the gathered table.
     """
-    import torch
-
-    from .. import distributed as D
-    from ..device import default_device
-    from ..importance import score
-    from ..models import load
-
+    from ..importance.job import ScoringJob, run_scoring
     from ..vocab import TOWERS
 
     with user_errors():
         if tower not in (*TOWERS, "both"):
             raise UsageError(f"--tower must be {', '.join(TOWERS)} or both, got {tower!r}")
-        towers = TOWERS if tower == "both" else (tower,)
-        if method != "magnitude" and not data:
-            raise UsageError(f"--method {method} measures the model on data: give --data (e.g. synthetic:val)")
-        rank, world = D.init_from_env()
-        dev = device or default_device()
-        if dev == "cuda":  # under torchrun each rank has set its own current device
-            dev = f"cuda:{torch.cuda.current_device()}"
-        t0 = time.perf_counter()
-        net = load(model, device=dev).eval()
-        images = tokens = txt2img = None
-        name = None
-        if method != "magnitude":
-            from ..data.datasets import load_dataset
-            from ..eval.retrieval import encode_inputs
-
-            ds = load_dataset(data, split=split)
-            if max_images is not None:
-                if max_images < 1:
-                    raise UsageError(f"--max-images must be positive, got {max_images}")
-                ds = ds.head(max_images)
-            images, tokens, txt2img = encode_inputs(net, ds, batch_size=batch_size)
-            name = ds.name if hasattr(ds, "name") else data
-        with progress_bar(rank == 0 and method == "mope", console=console) as bar:
-            task = bar.add_task(f"{method} probes" + (f" (rank 0 of {world})" if world > 1 else ""), total=None)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            kwargs = dict(metric=metric, batch_size=batch_size, probe_batch=probe_batch, cached=not naive,
-                          dataset=name, progress=progress) if method == "mope" else dict(batch_size=batch_size,
-                                                                                        dataset=name)
-            table = score(net, images, tokens, txt2img, method=method, towers=towers, n_groups=groups, **kwargs)
-        table.meta["total_seconds"] = round(time.perf_counter() - t0, 3)
+        job = ScoringJob(model=model, out=out, data=data, split=split, towers=TOWERS if tower == "both" else (tower,),
+                         method=method, metric=metric, groups=groups, batch_size=batch_size, probe_batch=probe_batch,
+                         max_images=max_images, naive=naive, device=device, force=force)
+        job.check()
+        rank = int(os.environ.get("RANK", "0"))   # torchrun's; rank 0 shows progress and writes
+        with progress_bar(method == "mope" and rank == 0, console=console) as bar:
+            task = bar.add_task(f"{method} probes", total=None)
+            table = run_scoring(job, progress=lambda done, total: bar.update(task, completed=done, total=total))
         if rank == 0:
-            table.save(out)
             full = f", full-model {table.metric} {table.full_metric:.2f}" if table.full_metric is not None else ""
-            console.print(f"wrote {out}: {method} scores for {', '.join(towers)}{full} "
+            console.print(f"wrote {out}: {method} scores for {', '.join(job.towers)}{full} "
                           f"in {table.meta['total_seconds']:.1f}s")
-        D.destroy()
-

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..vocab import TOWERS
-from .common import MODEL_HELP, UsageError, console, user_errors
+from .common import FORCE_HELP, MODEL_HELP, console, user_errors
 
 
 def prune(
@@ -28,42 +28,20 @@ def prune(
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="Re-apply an existing plan.json instead."),
     out: Path = typer.Option(..., "--out", help="Model directory to write (config.json, model.safetensors, "
                              "plan.json): absent, empty, or a model directory mope wrote before."),
-    force: bool = typer.Option(False, "--force", help="Replace --out even if it is not a model directory mope "
-                               "wrote (a file or a folder with other content)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Make a pruning plan from score tables and a target, apply it, and save the smaller model."""
-    from ..importance import ScoreTable, magnitude_table
-    from ..models import load, model_stats, save_model
-    from ..pruning import PruningPlan, Target, apply_plan, plan_for
-
-    from ..atomic import check_target
-    from ..models.io import model_dir_owner
+    from ..models import model_stats
+    from ..pruning import Target
+    from ..pruning.job import PruneJob, run_prune
 
     with user_errors():
-        check_target(out, model_dir_owner(["plan.json"]), force)
-        if plan_file is None:  # every refusal before the model is loaded
-            target = Target(tower=tower, width=width, depth=depth, params=params, depth_method=depth_method,
-                            allocation=allocation, method=method)
-            target.check()
-            tables = {}
-            for path in scores or []:
-                t = ScoreTable.load(path)
-                tables.setdefault(t.method, t)
-            for m in target.required_tables():
-                if m not in tables and m != "magnitude":
-                    raise UsageError(f"no {m} score table given: run `mope importance {model} --data SPEC "
-                                     f"--method {m} --out {m}.json` and pass --scores {m}.json"
-                                     + (" (or use --depth-method every-other/top/bottom)" if m == depth_method
-                                        else ""))
-        teacher = load(model).eval()
-        if plan_file is not None:
-            plan = PruningPlan.load(plan_file)
-        else:
-            if "magnitude" in target.required_tables() and "magnitude" not in tables:
-                tables["magnitude"] = magnitude_table(teacher, target.towers(), groups)  # from the weights alone
-            plan = plan_for(teacher.config, target, tables, teacher=model)
-        student = apply_plan(teacher, plan)
-        save_model(student, out, extra_files={"plan.json": plan.to_json()}, force=force)
+        target = None if plan_file is not None else Target(
+            tower=tower, width=width, depth=depth, params=params, depth_method=depth_method, allocation=allocation,
+            method=method)
+        job = PruneJob(model=model, out=out, target=target, scores=tuple(scores or ()), plan_file=plan_file,
+                       groups=groups, force=force)
+        teacher, student = run_prune(job)
     before, after = model_stats(teacher.config), model_stats(student.config)
     for name in TOWERS:
         b, a = before[name], after[name]

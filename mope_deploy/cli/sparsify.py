@@ -11,7 +11,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..models import save_model
 from .common import MODEL_HELP, UsageError, console, user_errors
 
 
@@ -25,6 +24,12 @@ def sparsify(
     max_block_sparsity: Optional[float] = typer.Option(None, "--max-block-sparsity",
                                                        help="ecoflap: cap per block (default sparsity + 0.1)"),
     scores: str = typer.Option("zeroth", "--scores", help="ecoflap block scores: zeroth (forward only) | first"),
+    local: Optional[str] = typer.Option(None, "--local", help="ecoflap: method inside each block, wanda (default) "
+                                        "| sparsegpt"),
+    zo_samples: Optional[int] = typer.Option(None, "--zo-samples", help="ecoflap zeroth-order scores: perturbations "
+                                             "per weight matrix (default 16; spread over the calibration batches)"),
+    nm_blocks: Optional[str] = typer.Option(None, "--nm-blocks", help="ecoflap with n:m below 1 - n/m: which blocks "
+                                            "become n:m, score (least important first; default) | uniform"),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration pairs: a dataset spec (synthetic, "
                                        "CSV, Karpathy JSON, WebDataset). Needed by wanda, sparsegpt and ecoflap."),
     split: str = typer.Option("train", "--split", help="Split of --data to calibrate on."),
@@ -32,11 +37,17 @@ def sparsify(
     batch_size: int = typer.Option(32, "--batch-size", help="Calibration batch size."),
     towers: str = typer.Option("vision,text", "--towers", help="Towers to sparsify (comma-separated)."),
     out: Path = typer.Option(..., "--out", "-o", help="New model directory to write (must not exist)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ...: where calibration, the SparseGPT "
+                               "Hessians and SparseLoRA run."),
     recover: Optional[str] = typer.Option(None, "--recover", help="sparselora: recover accuracy with LoRA "
                                           "adapters merged under the same mask (trains on --data)."),
     recover_steps: int = typer.Option(200, "--recover-steps", help="SparseLoRA training steps."),
     recover_batch: int = typer.Option(32, "--recover-batch", help="SparseLoRA batch size."),
-    lora_rank: int = typer.Option(4, "--lora-rank", help="SparseLoRA rank (vision tower)."),
+    lora_rank: int = typer.Option(4, "--lora-rank", help="SparseLoRA rank."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="SparseLoRA alpha (scaling alpha/rank; "
+                                               "default = rank)."),
+    lora_towers: Optional[str] = typer.Option(None, "--lora-towers", help="Towers that get SparseLoRA "
+                                              "(comma-separated; default: every sparsified tower)."),
     kd: bool = typer.Option(False, "--kd", help="SparseLoRA with the full KD loss instead of InfoNCE + KL."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads."),
@@ -50,69 +61,24 @@ def sparsify(
     sharded across ranks (every rank then prunes identically); rank 0 writes the model."""
     import torch
 
-    from .. import distributed as D
-
-    from ..models import load, load_config
-    from ..sparsity import SparsifySpec
-    from ..sparsity import sparsify as run_sparsify
+    from ..sparsity import RecoverSpec, SparsifyJob, SparsifySpec, run
 
     if threads:
         torch.set_num_threads(threads)
     with user_errors():
-        spec = SparsifySpec(method=method, sparsity=sparsity, pattern=pattern, max_block_sparsity=max_block_sparsity,
-                            scores=scores, towers=tuple(t.strip() for t in towers.split(",") if t.strip()),
-                            samples=samples, batch_size=batch_size, seed=seed)
-        # every check before any work: the request against the architecture, the output folder, the data
-        config = load_config(model)
-        spec.resolved(config)
         if recover not in (None, "sparselora"):
             raise UsageError(f"--recover must be 'sparselora', got {recover!r}")
-        if out.exists():
-            raise UsageError(f"--out {out} already exists; give a new directory (nothing is overwritten)")
-        needs_data = spec.method in ("wanda", "sparsegpt", "ecoflap") or recover
-        if needs_data and not data:
-            raise UsageError(f"--method {spec.method}{' with --recover' if recover else ''} needs calibration data: "
-                             "give --data (e.g. --data synthetic)")
-        dataset = None
-        if data:
-            from ..data.datasets import load_dataset
-
-            dataset = load_dataset(data, split=split)
-        dense = load(model)
-        calib = None
-        if dataset is not None:
-            from ..sparsity import calibration_from_dataset
-
-            calib = calibration_from_dataset(dense, dataset, n_samples=samples)
-        target = dense
-        if recover:
-            import copy
-
-            target = copy.deepcopy(dense)
-        rank, world = D.init_from_env()
-        if world > 1 and recover:
-            raise UsageError("--recover runs in one process; sparsify under torchrun, then recover without it")
-        report = run_sparsify(target, spec, calib, progress=not quiet and rank == 0)
-        if recover:
-            from ..sparsity import RecoverSpec, recover as run_recover
-
-            rspec = RecoverSpec(rank=lora_rank, kd=kd, steps=recover_steps, batch_size=recover_batch, seed=seed)
-            run_dir = out.with_name(f".{out.name}.sparselora")
-            target = run_recover(dense, target, _train_data(data, dataset, dense, recover_batch, seed), rspec,
-                                 out_dir=str(run_dir), progress=not quiet)
-            from ..sparsity import sparsity_report
-
-            report = {**report, **sparsity_report(target, spec.towers)}
-        if rank == 0:
-            save_model(target, out)
-        D.barrier()
-        D.destroy()
-        if recover:
-            import shutil
-
-            shutil.rmtree(run_dir, ignore_errors=True)  # our own checkpoints; the model is saved
-    if rank != 0:
+        spec = SparsifySpec(method=method, sparsity=sparsity, pattern=pattern, max_block_sparsity=max_block_sparsity,
+                            scores=scores, local=local, zo_samples=zo_samples, nm_blocks=nm_blocks,
+                            towers=_names(towers), samples=samples, batch_size=batch_size, seed=seed)
+        rspec = None if recover is None else RecoverSpec(
+            rank=lora_rank, alpha=lora_alpha, lora_towers=_names(lora_towers) if lora_towers else None, kd=kd,
+            steps=recover_steps, batch_size=recover_batch, seed=seed)
+        result = run(SparsifyJob(model=model, spec=spec, data=data, split=split, recover=rspec, out=out,
+                                 device=device, progress=not quiet))
+    if result.rank != 0:
         return
+    report = result.report
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
@@ -120,14 +86,8 @@ def sparsify(
     console.print(f"sparse model in {out} (pattern {report['pattern']}, {report['sparsity']:.1%} of block weights zero)")
 
 
-def _train_data(spec: str, dataset, model, batch_size: int, seed: int):
-    from ..distill.trainer import pil_batches, synthetic_batches
-
-    if spec == "synthetic":
-        return synthetic_batches(model, batch_size, seed=seed)
-    from ..data.sampling import dataset_pairs
-
-    return pil_batches(dataset_pairs(dataset, seed), model.preprocess, model.tokenizer, batch_size)
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 def report_table(report: dict) -> Table:

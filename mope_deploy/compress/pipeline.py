@@ -239,35 +239,26 @@ class Pipeline:
                 raise CompressError(f"recipe sparsity stage: {e}") from None
 
     def _sparsify(self, student: SlimCLIP) -> SlimCLIP:
-        """Sparsify the distilled student on ``data.train`` calibration pairs; recover with SparseLoRA if asked."""
-        import copy
-
-        from ..sparsity import RecoverSpec, calibration_from_dataset, recover, sparsify
+        """Sparsify the distilled student on ``data.train`` calibration pairs; recover with SparseLoRA if asked
+        (one call: :func:`mope_deploy.sparsity.run`, the same as ``mope sparsify``)."""
+        from ..sparsity import RecoverSpec, SparsifyJob, run as run_sparsity
 
         sp = self.recipe.sparsity
         self._check_sparsity(student.config)
+        seed = self.recipe.train.seed
+        rspec = None if sp.recover is None else RecoverSpec(
+            rank=sp.lora_rank, kd=sp.kd, steps=sp.recover_steps, batch_size=sp.recover_batch, lr=sp.lr, seed=seed)
+        name = "sparse" if rspec is None else "sparse-recovered"
 
-        def run_sparsify() -> SlimCLIP:
-            sparse = copy.deepcopy(student)
-            calib = calibration_from_dataset(sparse, self.dataset("train"), n_samples=sp.samples)
-            sparsify(sparse, sp.spec(), calib, progress=self.progress)
-            self._save_model(sparse, "sparse")
-            return sparse
+        def run_stage() -> SlimCLIP:
+            data = None if rspec is None else self._data(student, TrainSpec(batch_size=sp.recover_batch, seed=seed))
+            result = run_sparsity(SparsifyJob(model=student, spec=sp.spec(), data=self.dataset("train"), recover=rspec,
+                                              train_data=data, work_dir=self.out / "stages" / "train-sparselora",
+                                              keep_work_dir=True, distributed=False, progress=self.progress))
+            self._save_model(result.model, name)
+            return result.model
 
-        sparse = self._stage("sparsify", run_sparsify, lambda: self._load_model("sparse"))
-        if sp.recover is None:
-            return sparse
-
-        def run_recover() -> SlimCLIP:
-            rspec = RecoverSpec(rank=sp.lora_rank, kd=sp.kd, steps=sp.recover_steps, batch_size=sp.recover_batch,
-                                lr=sp.lr, seed=self.recipe.train.seed)
-            data = self._data(student, TrainSpec(batch_size=sp.recover_batch, seed=self.recipe.train.seed))
-            merged = recover(copy.deepcopy(student), sparse, data, rspec,
-                             out_dir=str(self.out / "stages" / "train-sparselora"), progress=self.progress)
-            self._save_model(merged, "sparse-recovered")
-            return merged
-
-        return self._stage("recover-sparselora", run_recover, lambda: self._load_model("sparse-recovered"))
+        return self._stage("sparsify", run_stage, lambda: self._load_model(name))
 
     def _target(self, tower: str, width: bool, depth: bool) -> Target:
         return recipe_target(self.recipe, tower, width, depth)

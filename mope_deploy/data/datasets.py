@@ -269,6 +269,27 @@ def _finish(name: str, keys: list[str], captions: list[str], txt2img: list[int],
                             image_names=keys)
 
 
+TEXT_SNIFF_BYTES = 1024            # how much of a data file is looked at to tell text from binary
+
+
+def require_text(path: Path, expected: str) -> None:
+    """Refuse a file that is not text (a NUL byte, a UTF-16 byte-order mark, or mostly bytes that are not UTF-8 in
+    its first KB) before any header or JSON logic runs: the header of an image or an archive is not a CSV header.
+    A few stray non-UTF-8 bytes (a Latin-1 caption) are text: such rows are skipped and reported later."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(TEXT_SNIFF_BYTES)
+    except OSError as e:
+        raise DatasetError(f"cannot read {path} ({e.strerror or e})") from None
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DatasetError(f"{path} is UTF-16 text; save it as UTF-8 ({expected} expected)")
+    text = head.decode("utf-8", errors="surrogateescape")
+    bad = sum(1 for c in text if "\udc80" <= c <= "\udcff" or (c < " " and c not in "\t\n\r\f\v"))
+    if b"\x00" in head or bad > max(8, len(head) // 10):
+        raise DatasetError(f"{path} is not a text file ({expected} expected): its first bytes are binary data "
+                           f"(an image, an archive or a model file?)")
+
+
 def load_csv(path: str | Path, split: str | None = None, image_root: str | Path | None = None,
              img_key: str | None = None, caption_key: str | None = None,
              separator: str | None = None) -> RetrievalDataset:
@@ -287,6 +308,7 @@ def load_csv(path: str | Path, split: str | None = None, image_root: str | Path 
         path = found[0]
     if not path.is_file():
         raise DatasetError(f"{path} not found")
+    require_text(path, "CSV/TSV")
     sep = separator or ("\t" if path.suffix.lower() == ".tsv" else ",")
     roots = _default_roots(path, image_root)
     resolve = _resolver(roots)
@@ -379,6 +401,8 @@ def load_karpathy(path: str | Path, split: str = "test", image_root: str | Path 
     """Karpathy-split JSON: ``images[]`` with ``filename``, ``split``, ``sentences[].raw`` and optional
     ``filepath`` (COCO's ``val2014``). ``train`` also takes ``restval`` images, the usual convention."""
     path = Path(path)
+    if path.is_file():
+        require_text(path, "Karpathy-split JSON")
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
@@ -394,7 +418,8 @@ def load_karpathy(path: str | Path, split: str = "test", image_root: str | Path 
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{path}: expected Karpathy-split JSON with a top-level 'images' list")
     splits = {split, "restval"} if split == "train" else {split}
-    entries = [im for im in data["images"] if isinstance(im, dict) and im.get("split") in splits]
+    entries = [im for im in data["images"] if isinstance(im, dict) and isinstance(im.get("split"), str)
+               and im["split"] in splits]
     if not entries:
         have = sorted(Counter(str(im.get("split")) for im in data["images"] if isinstance(im, dict)).items())
         raise DatasetError(f"{path}: no images in split {split!r}; the file has {dict(have) or 'none'}")

@@ -227,12 +227,14 @@ def precision_step(run: ExportRun) -> Variant | None:
 
 
 def runtime_section(variants: dict[str, Variant], precision: str, base: str) -> tuple[str, dict[str, dict[str, str]]]:
-    """The deployed variant and which variant each runtime opens, decided once here: ONNX Runtime takes the
-    deployed one (the fastest fp32 graphs for an fp32 export); runtimes that read standard ops only (TensorRT,
-    OpenVINO...) take the best standard-op one (an int8 QDQ graph reads as explicit int8 there)."""
+    """The deployed variant (the precision asked for; Triton serves it) and which variant each runtime opens,
+    decided once here: ONNX Runtime takes the deployed one, or for an fp32 export the fastest fp32 graphs
+    (``base``: fused, else optimized); runtimes that read standard ops only (TensorRT, OpenVINO...) take the best
+    standard-op one (an int8 QDQ graph reads as explicit int8 there)."""
     deploy = precision if precision in variants else base
+    ort = base if precision == "fp32" else deploy
     portable = next(n for n in (precision, "fp32") if n in variants and variants[n].runtimes == ["any"])
-    return deploy, {ONNXRUNTIME: {t: deploy for t in TOWERS}, PORTABLE: {t: portable for t in TOWERS}}
+    return deploy, {ONNXRUNTIME: {t: ort for t in TOWERS}, PORTABLE: {t: portable for t in TOWERS}}
 
 
 def onnx_steps(run: ExportRun) -> None:

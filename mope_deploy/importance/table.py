@@ -15,11 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
+from ..atomic import FileOwner, atomic_write_text, check_file_target, json_with
 from ..errors import MopeError
 from ..models.config import CLIPConfig
 from ..models.identity import model_hash, weights_hash  # noqa: F401  (re-exported; one definition)
 from ..vocab import METHODS, TOWERS
+
+#: what a score table file looks like (the output policy of every command that writes one)
+SCORE_TABLE_FILE = FileOwner("score table", json_with("method", "towers", "model_hash"))
 
 FORMAT_VERSION = 1
 
@@ -169,8 +172,10 @@ class ScoreTable:
                 if sorted(order) != list(range(len(order))):
                     raise ScoreTableError(f"{name} block {l}: neuron_order is not a permutation of 0..{len(order) - 1}")
 
-    def save(self, path: str | Path) -> Path:
-        """Write the table as JSON atomically (temporary sibling file, fsync, rename)."""
+    def save(self, path: str | Path, force: bool = False) -> Path:
+        """Write the table as JSON atomically; ``path`` must be absent or a score table (the output policy,
+        :data:`SCORE_TABLE_FILE`), unless ``force``."""
+        check_file_target(path, SCORE_TABLE_FILE, force)
         return atomic_write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
@@ -183,6 +188,8 @@ class ScoreTable:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ScoreTableError(f"{path} is not valid JSON ({e}); re-run mope importance") from None
+        except RecursionError:
+            raise ScoreTableError(f"{path} is not valid JSON (nested too deeply); re-run mope importance") from None
         if not isinstance(d, dict):
             raise ScoreTableError(f"{path} is not a score table (written by mope importance)")
         try:

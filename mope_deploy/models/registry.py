@@ -6,14 +6,17 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import MopeError
 from .config import CLIPConfig
-from .io import CONFIG_FILE, load_model, read_config
+from .io import CONFIG_FILE, ModelFileError, load_model, read_config
 from .processing import ASSETS
 from .slim_clip import SlimCLIP
 
@@ -33,7 +36,23 @@ def load_teacher(name: str, pretrained: str | None = None, device: str = "cpu") 
         raise ModelNotFoundError(_not_found_message(name))
     if pretrained and Path(pretrained).suffix and not Path(pretrained).is_file() and "/" in pretrained:
         raise FileNotFoundError(f"checkpoint {pretrained} not found")
-    model = open_clip.create_model(name, pretrained=pretrained or None, device=device, weights_only=True)
+    if not (pretrained and Path(pretrained).is_file()):
+        return open_clip.create_model(name, pretrained=pretrained or None, device=device, weights_only=True).eval()
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device=device, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message suggests weights_only=False, i.e. running whatever code the file carries: never say that
+        raise ModelFileError(f"checkpoint {pretrained} was refused: it is not a plain weights checkpoint (it holds "
+                             "Python objects other than tensors and plain data, or is not a torch file at all); mope "
+                             "only loads weights (torch.load weights_only=True, or .safetensors)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+            StopIteration, zipfile.BadZipFile, SafetensorError) as e:
+        # the architecture built: whatever fails now is the file (corrupt, empty, or another model's weights)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if "weights_only" in first:
+            first = type(e).__name__
+        raise ModelFileError(f"checkpoint {pretrained} cannot be loaded into {name} ({first}): give an open_clip "
+                             f"checkpoint of that architecture (a state dict of tensors)") from None
     return model.eval()
 
 

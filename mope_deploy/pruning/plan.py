@@ -118,6 +118,8 @@ class PruningPlan:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PlanError(f"{path} is not valid JSON ({e})") from None
+        except RecursionError:
+            raise PlanError(f"{path} is not valid JSON (nested too deeply)") from None
         if not isinstance(d, dict):
             raise PlanError(f"{path} is not a pruning plan (written by mope prune)")
         try:

@@ -106,7 +106,7 @@ def create_app(embedder, index=None, config: ServeConfig | None = None, metrics:
     app.state.service = svc
     app.state.index, app.state.embedder = index, embedder          # what callers of build_app read
     _exception_handlers(app)
-    app.add_middleware(Guard, fastapi_app=app, limits=config.limits, api_key=config.api_key, metrics=svc.metrics,
+    app.add_middleware(Guard, limits=config.limits, api_key=config.api_key, metrics=svc.metrics,
                        error=error_response)
     for module in (routes_embeddings, routes_search, routes_ops):
         app.include_router(module.router)

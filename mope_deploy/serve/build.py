@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +107,7 @@ class BuildOptions:
 
 def auto_chunk_size(n: int) -> int:
     """Images per chunk when the user sets none: at least :data:`MIN_CHUNKS` chunks (resume units)."""
-    return max(1, min(MAX_AUTO_CHUNK, math.ceil(n / MIN_CHUNKS)))
+    return max(1, min(MAX_AUTO_CHUNK, n // MIN_CHUNKS))
 
 
 def partial_dir(out: str | Path) -> Path:

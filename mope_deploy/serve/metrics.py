@@ -2,7 +2,7 @@
 request metrics).
 
 Request metrics are labelled by route *template* (``/items/{item_id:path}``), never by the raw path: an unknown
-path and any request refused for its API key share the one label :data:`OTHER`, so no client can create labels
+path and any request refused before routing (API key, declared body size) share the one label :data:`OTHER`, so no client can create labels
 (memory and ``/metrics`` size stay bounded whatever paths are requested).
 """
 
@@ -52,24 +52,19 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def route_template(app, scope: dict[str, Any]) -> str:
-    """The path template of the route ``scope`` matches (method aside), or :data:`OTHER`."""
-    from starlette.routing import Match
-
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match != Match.NONE:
-            return getattr(route, "path", OTHER)
-    return OTHER
+def route_template(scope: dict[str, Any]) -> str:
+    """The path template of the route the router matched for ``scope`` (it records the route in the scope), or
+    :data:`OTHER` when none matched."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) and path else OTHER
 
 
 class Guard:
     """Pure ASGI middleware (no per-request task or stream copies, unlike ``@app.middleware``): API key, the
     Content-Length limit, the per-request timeout and request metrics; every failure is a JSON error."""
 
-    def __init__(self, app, *, fastapi_app, limits: Limits, api_key: str | None, metrics: Metrics,
-                 error: Callable[..., Any]):
-        self.app, self.fastapi_app, self.limits, self.api_key = app, fastapi_app, limits, api_key
+    def __init__(self, app, *, limits: Limits, api_key: str | None, metrics: Metrics, error: Callable[..., Any]):
+        self.app, self.limits, self.api_key = app, limits, api_key
         self.metrics, self.error = metrics, error
 
     def refusal(self, path: str, headers: dict[str, str]):
@@ -98,12 +93,12 @@ class Guard:
             await send(message)
 
         response = self.refusal(scope["path"], headers)
-        endpoint = OTHER if response is not None and response.status_code == 401 else \
-            route_template(self.fastapi_app, scope)
-        if response is None:
+        refused = response is not None
+        if not refused:
             response = await self._run(scope, receive, send_wrapper, state)
         if response is not None:
             await response(scope, receive, send_wrapper)
+        endpoint = OTHER if refused else route_template(scope)      # refused before routing: no route to name
         self.metrics.requests.labels(endpoint, str(state["status"])).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 

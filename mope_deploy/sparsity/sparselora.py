@@ -12,8 +12,14 @@ Each sparsified linear becomes a :class:`SparseLoRALinear` holding the *dense* w
 
 Recovery runs in :class:`~mope_deploy.distill.trainer.Trainer` (the one training loop) through its pluggable
 ``forward`` (student outputs, plus the dense path's outputs under ``no_grad`` in ``extra["teacher"]``) and
-``loss``: ``(1 - w) * InfoNCE + w * KL`` at temperature ``T`` (0.1 and 2, as the reference), or, with
-``kd=True``, the project's full distillation loss against the dense path.
+``loss``: ``(1 - w) * InfoNCE + w * KL_T``, or, with ``kd=True``, the project's full distillation loss against the
+dense path. The KL term follows the reference (Shwai-He/VLM-Compression, ``lavis/tasks/image_text_retrain.py``):
+``KLDiv(log_softmax(s/T), log_softmax(t/T), batchmean)`` with ``w = 0.01``, ``T = 2`` and no ``T^2`` factor; the
+reference distils one set of logits, CLIP has two (image->text and text->image), so the two KLs are averaged
+(as InfoNCE averages its two directions).
+
+LoRA goes on every sparsified tower by default (the seed paper puts it on every modality); ``lora_towers``
+restricts it (the other towers' linears keep their sparse weights exactly).
 """
 
 from __future__ import annotations
@@ -87,7 +93,7 @@ def _set(block: nn.Module, dotted: str, module: nn.Module) -> None:
     setattr(getattr(block, parent), name, module)
 
 
-def attach(dense_model, sparse_model, rank: int = 4, lora_towers=("vision",), towers=TOWERS,
+def attach(dense_model, sparse_model, rank: int = 4, lora_towers=TOWERS, towers=TOWERS,
            alpha: float | None = None):
     """``dense_model`` (modified in place and returned) with every prunable linear of ``towers`` replaced by a
     :class:`SparseLoRALinear` carrying ``sparse_model``'s mask; LoRA (rank ``rank``) only in ``lora_towers``.
@@ -160,21 +166,22 @@ def make_forward(inner: Callable[[nn.Module, dict], Outputs]) -> Callable[[nn.Mo
 
 
 def kl_term(student: Outputs, teacher: Outputs, temperature: float) -> Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` on the image->text and text->image logits, averaged."""
+    """``KL(softmax(t/T) || softmax(s/T))`` on the image->text and text->image logits, averaged (no ``T^2``: as the
+    reference)."""
     s = clip_logits(student.image, student.text, student.logit_scale) / temperature
     t = clip_logits(teacher.image, teacher.text, teacher.logit_scale) / temperature
     kl = 0.0
     for a, b in ((s, t), (s.t(), t.t())):
         kl = kl + F.kl_div(F.log_softmax(a, dim=-1), F.log_softmax(b, dim=-1), log_target=True,
                            reduction="batchmean")
-    return kl / 2 * temperature ** 2
+    return kl / 2
 
 
 @dataclass
 class SparseLoRALoss:
     """``(1 - w) * InfoNCE + w * KL_T`` against the dense path, or ``kd(student, batch, dense outputs)``."""
 
-    weight: float = 0.1
+    weight: float = 0.01
     temperature: float = 2.0
     kd: Any = None  # e.g. mope_deploy.distill.kd.DistillationLoss
 
@@ -192,12 +199,13 @@ class SparseLoRALoss:
 
 @dataclass
 class RecoverSpec:
-    """SparseLoRA recovery settings (defaults from the reference: rank 4 on the vision tower, w 0.1, T 2)."""
+    """SparseLoRA recovery settings: rank 4 (alpha = rank: scaling 1) on both towers; KL weight 0.01 at T 2 (the
+    reference's)."""
 
     rank: int = 4
     alpha: float | None = None
-    lora_towers: tuple[str, ...] = ("vision",)
-    weight: float = 0.1
+    lora_towers: tuple[str, ...] | None = None  # None: every sparsified tower
+    weight: float = 0.01
     temperature: float = 2.0
     kd: bool = False          # the project's full KD loss (L_itc + L_sim + L_feat + L_hidn) instead
     steps: int = 100
@@ -205,6 +213,31 @@ class RecoverSpec:
     lr: float = 1e-3
     warmup: float = 0.05
     seed: int = 0
+
+
+def lora_towers(spec: RecoverSpec, towers=TOWERS) -> tuple[str, ...]:
+    """The towers that get LoRA: ``spec.lora_towers``, or every sparsified tower."""
+    return tuple(towers) if spec.lora_towers is None else tuple(spec.lora_towers)
+
+
+def check_recover(spec: RecoverSpec, towers=TOWERS) -> None:
+    """Every SparseLoRA setting error, before any work; ``towers``: the sparsified towers."""
+    lt = lora_towers(spec, towers)
+    if not lt or any(t not in TOWERS for t in lt):
+        raise SparsityError(f"--lora-towers must be a non-empty subset of {','.join(TOWERS)}, got {','.join(lt) or '(none)'}")
+    missing = [t for t in lt if t not in towers]
+    if missing:
+        raise SparsityError(f"--lora-towers {','.join(missing)} was not sparsified (--towers {','.join(towers)}): "
+                            "LoRA there would train a dense tower; drop it from --lora-towers")
+    if spec.rank < 1:
+        raise SparsityError(f"--lora-rank must be >= 1, got {spec.rank}")
+    if spec.alpha is not None and not spec.alpha > 0:
+        raise SparsityError(f"--lora-alpha must be positive, got {spec.alpha}")
+    if spec.steps < 1 or spec.batch_size < 2:
+        raise SparsityError(f"--recover-steps must be >= 1 and --recover-batch >= 2, got {spec.steps}, "
+                            f"{spec.batch_size}")
+    if not 0 <= spec.weight <= 1:
+        raise SparsityError(f"the KL weight must be in [0, 1], got {spec.weight}")
 
 
 def recover(dense_model, sparse_model, data, spec: RecoverSpec = RecoverSpec(), out_dir: str | None = None,
@@ -215,7 +248,10 @@ def recover(dense_model, sparse_model, data, spec: RecoverSpec = RecoverSpec(), 
     consumed (it becomes the returned model). With ``out_dir`` the run checkpoints and resumes there."""
     from ..distill.trainer import TrainConfig, Trainer, clip_forward
 
-    model = attach(dense_model, sparse_model, spec.rank, spec.lora_towers, alpha=spec.alpha)
+    towers = tuple((sparse_model.config.sparsity or {}).get("towers", TOWERS))
+    check_recover(spec, towers)
+    lt = lora_towers(spec, towers)
+    model = attach(dense_model, sparse_model, spec.rank, lt, alpha=spec.alpha)
     if not any(p.requires_grad for p in model.parameters()):
         raise SparsityError("nothing to train: LoRA rank 0 or no sparsified linear in lora_towers")
     inner = clip_forward
@@ -234,6 +270,7 @@ def recover(dense_model, sparse_model, data, spec: RecoverSpec = RecoverSpec(), 
     trainer.train()
     merged = merge(trainer.model)
     merged.config.sparsity = {**merged.config.sparsity, "recovered": {
-        "method": "sparselora", "rank": spec.rank, "lora_towers": list(spec.lora_towers), "steps": spec.steps,
+        "method": "sparselora", "rank": spec.rank, "alpha": spec.alpha if spec.alpha is not None else spec.rank,
+        "lora_towers": list(lt), "steps": spec.steps,
         "loss": "kd" if spec.kd else f"(1-{spec.weight})*itc+{spec.weight}*KL(T={spec.temperature})"}}
     return merged.eval()

@@ -32,7 +32,7 @@ runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
 
 TABLE7_WITHOUT = RUN_WITHOUT.split("sys.argv =")[0] + f"""
 from mope_deploy.models.tiny import tiny_config
-import mope_deploy.exporting.tensorrt, mope_deploy.exporting.torch_trt  # what the GPU steps import
+import mope_deploy.exporting.tensorrt, mope_deploy.exporting.tensorrt.torch_trt  # what the GPU steps import
 gc = runpy.run_path({str(SCRIPT)!r})
 t7 = gc["table7"](2, 0, 1, ["eager"], ["fp32"], gc["Check"](600),
                   teacher=tiny_config(width=64, heads=8, head_dim=8, depth=4, text_depth=2), device="cpu")

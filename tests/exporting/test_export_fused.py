@@ -27,12 +27,13 @@ def test_fused_graphs_are_written_by_default_and_used_by_the_runtime(setup):
     model, root, data = setup
     out = root / "fp32"
     m = export_bundle(model, out, ExportConfig(eval_data=data))
-    v = m["variants"]
+    v = m.variants
     assert set(v) == {"fp32", "optimized", "fused"}
     assert (out / "image_encoder.fused.onnx").is_file() and (out / "text_encoder.fused.onnx").is_file()
-    assert v["fused"]["attention"]["vision"] == [{"num_heads": 4, "hidden": 64, "unidirectional": 0}] * 2
-    assert v["fused"]["recall_gate"] == "passed"
-    assert m["runtime_variants"] == {"onnxruntime": "fused", "portable": "fp32"}
+    assert v["fused"].details["attention"]["vision"] == [{"num_heads": 4, "hidden": 64, "unidirectional": 0}] * 2
+    assert v["fused"].recall_gate == "passed"
+    assert m.runtime == {"onnxruntime": {"vision": "fused", "text": "fused"},
+                         "portable": {"vision": "fp32", "text": "fp32"}}
     settings = SessionSettings(graph_optimization="extended", allow_spinning=False)
     enc = open_encoder(out, "onnxruntime", threads=1, ort_settings=settings)
     d = enc.describe()
@@ -62,8 +63,8 @@ def test_a_fused_graph_that_fails_parity_is_not_written(setup, monkeypatch):
     monkeypatch.setattr(ort_fused_mod, "write_fused_onnx", off_by_a_head)
     out = root / "refused"
     m = export_bundle(model, out, ExportConfig(optimize=False))
-    assert "fused" not in m["variants"] and m["runtime_variants"]["onnxruntime"] == "fp32"
-    assert "differ from the plain ones" in m["refused_variants"]["fused"]
+    assert "fused" not in m.variants and m.runtime_variant("onnxruntime", "vision") == "fp32"
+    assert "differ from the plain ones" in m.refused_variants["fused"]
     assert not list(out.glob("*fused*"))
 
 
@@ -73,18 +74,19 @@ def test_static_qdq_int8_is_portable_and_sensitivity_keeps_nodes_fp32(setup):
     out = root / "static"
     m = export_bundle(model, out, ExportConfig(precision="int8", int8_method="static", int8_fp32_nodes=1,
                                                eval_data=data, max_recall_drop=100.0))
-    v = m["variants"]["int8"]
-    assert v["from"] == "fp32" and v["method"]["format"] == "QDQ" and v["runtimes"] == ["any"]
-    assert m["runtime_variants"] == {"onnxruntime": "int8", "portable": "int8"}
+    v = m.variants["int8"]
+    assert v.made_from == "fp32" and v.method["format"] == "QDQ" and v.runtimes == ["any"]
+    assert m.runtime == {"onnxruntime": {"vision": "int8", "text": "int8"},
+                         "portable": {"vision": "int8", "text": "int8"}}
     for tower, name in (("vision", "image_encoder.int8.onnx"), ("text", "text_encoder.int8.onnx")):
-        kept = v["fp32_nodes"][tower]
-        assert len(kept) == 1 and v["sensitivity"][tower]["kept_fp32"] == kept
-        assert kept[0] == v["sensitivity"][tower]["top"][0]["node"]  # the most harmful one, as measured
+        kept = v.details["fp32_nodes"][tower]
+        assert len(kept) == 1 and v.details["sensitivity"][tower]["kept_fp32"] == kept
+        assert kept[0] == v.details["sensitivity"][tower]["top"][0]["node"]  # the most harmful one, as measured
         g = onnx.load(str(out / name))
         producers = {o: n for n in g.graph.node for o in n.output}
         node = next(n for n in g.graph.node if n.name == kept[0])
         assert node.op_type == "MatMul" and producers[node.input[0]].op_type != "DequantizeLinear"
-    assert v["agreement_vs_fp32"]["vision"]["min_cosine"] > 0.99
+    assert v.details["agreement_vs_fp32"]["vision"]["min_cosine"] > 0.99
 
 
 def test_int8_settings_are_checked_before_any_work(setup):

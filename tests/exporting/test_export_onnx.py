@@ -11,7 +11,9 @@ import torch
 
 from export_helpers import ort_run, tiny
 from mope_deploy.exporting import EvalInputs, ExportConfig, ExportError, export_onnx
-from mope_deploy.exporting.bundle import Bundle, sha256_file
+from mope_deploy.bundle import Bundle
+from mope_deploy.models.identity import file_sha256 as sha256_file
+from mope_deploy.models.identity import weights_hash
 from mope_deploy.exporting.onnx import TextEncoder, pool_positions, random_tokens, tokenize
 from mope_deploy.models import SlimCLIP
 from mope_deploy.models.tiny import tiny_config
@@ -58,25 +60,27 @@ def test_graph_contract(bundle):
         for node in m.graph.node:
             if node.op_type == "ArgMax":
                 assert types[node.input[0]] == onnx.TensorProto.FLOAT, f"ArgMax over {types[node.input[0]]}"
-    assert manifest["opset"] >= 17
-    assert manifest["encoders"]["text"]["inputs"][0] == {"name": "tokens", "dtype": "int32", "shape": ["batch", 16]}
+    assert manifest.opset >= 17
+    assert manifest.encoders["text"].inputs[0].to_dict() == {"name": "tokens", "dtype": "int32", "shape": ["batch", 16]}
 
 
 def test_manifest_hashes_and_parity(bundle):
     model, out, manifest = bundle
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk == manifest
-    assert set(manifest["files"]) == {"image_encoder.onnx", "text_encoder.onnx"}
-    for rel, info in manifest["files"].items():
-        assert info["sha256"] == sha256_file(out / rel)
+    assert on_disk == manifest.to_dict() and Bundle(out).manifest == manifest
+    assert set(manifest.files) == {"image_encoder.onnx", "text_encoder.onnx"}
+    for rel, info in manifest.files.items():
+        assert info.sha256 == sha256_file(out / rel) and info.bytes == (out / rel).stat().st_size
     assert Bundle(out).verify() == []
-    p = manifest["parity"]
+    p = manifest.parity
     assert p["passed"] and 0 < p["max_abs"] <= 1e-4
     assert set(p["text"]) == {"random", "real"}  # real = the model's tokenizer on real captions
-    assert manifest["config"] == model.config.to_dict()
-    assert manifest["source"]["arch_hash"] == model.config.arch_hash()
-    assert manifest["versions"]["onnxruntime"] and manifest["versions"]["torch"]
-    assert manifest["batch_sizes"] == {"min": 1, "opt": 4, "max": 8}
+    assert manifest.config == model.config.to_dict()
+    assert manifest.source.arch_hash == model.config.arch_hash()
+    assert manifest.source.weights_hash == weights_hash(model)
+    assert manifest.versions["onnxruntime"] and manifest.versions["torch"]
+    assert manifest.batch_sizes == {"min": 1, "opt": 4, "max": 8}
+    assert list(manifest.variants) == ["fp32"] and manifest.runtime["onnxruntime"] == {"vision": "fp32", "text": "fp32"}
 
 
 @pytest.mark.parametrize("pool", ["argmax", "eos", "first", "last"])
@@ -132,7 +136,7 @@ def test_external_data(tmp_path):
     out = tmp_path / "b"
     assert (out / "image_encoder.onnx.data").is_file() and (out / "text_encoder.onnx.data").is_file()
     assert (out / "image_encoder.onnx").stat().st_size < (out / "image_encoder.onnx.data").stat().st_size
-    assert {"image_encoder.onnx.data", "text_encoder.onnx.data"} <= set(manifest["files"])
+    assert {"image_encoder.onnx.data", "text_encoder.onnx.data"} <= set(manifest.files)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(ort_run(out / "image_encoder.onnx", x), model.encode_image(x).numpy(), atol=1e-4)
@@ -145,14 +149,14 @@ def test_dynamo_exporter_keeps_batch_dynamic(tmp_path):
     model = tiny(depth=1)
     out = tmp_path / "b"
     manifest = export_bundle(model, out, ExportConfig(precision="int8", skip_recall_gate=True))
-    assert manifest["exporter"] == "dynamo" and manifest["opset"] >= 17
+    assert manifest.exporter == "dynamo" and manifest.opset >= 17
     for b in (1, 3):
         tokens = random_tokens(model, b)
         with torch.no_grad():
             ref = model.encode_text(tokens.long()).numpy()
         np.testing.assert_allclose(ort_run(out / "text_encoder.onnx", tokens), ref, atol=1e-4)
         np.testing.assert_allclose(ort_run(out / "text_encoder.optimized.onnx", tokens), ref, atol=1e-4)
-    assert manifest["variants"]["int8"]["agreement_vs_fp32"]["text"]["min_cosine"] > 0.99
+    assert manifest.variants["int8"].details["agreement_vs_fp32"]["text"]["min_cosine"] > 0.99
 
 
 def test_failed_parity_leaves_nothing(tmp_path):
@@ -197,8 +201,8 @@ def test_real_photos_parity(tmp_path, flickr_dir):
     model = tiny()
     manifest = export_bundle(model, tmp_path / "b", ExportConfig(eval_data=str(flickr_dir), eval_limit=6,
                                                                  exporter="legacy", optimize=False))
-    p = manifest["parity"]
+    p = manifest.parity
     assert p["passed"] and set(p["vision"]) == {"random", "real"}
     assert p["vision"]["real"]["n"] == 6 and p["vision"]["real"]["max_abs"] <= 1e-4
-    assert manifest["variants"]["fp32"]["recall"]["recall_mean"] >= 0
-    assert manifest["eval"]["n_images"] == 6
+    assert manifest.variants["fp32"].recall["recall_mean"] >= 0
+    assert manifest.eval["n_images"] == 6

@@ -13,6 +13,7 @@ import pytest
 from export_helpers import matched_dataset, tiny
 from fakes import install_tensorrt, install_torch_tensorrt
 from mope_deploy import device as device_mod
+from mope_deploy.bundle import Bundle
 from mope_deploy.device import TensorRTUnavailableError
 from mope_deploy.exporting import ExportConfig, ExportError, export_bundle
 
@@ -28,7 +29,7 @@ def test_text_graph_is_if_free_and_parses(tmp_path, monkeypatch, exporter):
     for f in ("image_encoder.onnx", "text_encoder.onnx"):
         assert "If" not in {n.op_type for n in onnx.load(str(out / f)).graph.node}
     assert [p.rsplit("/", 1)[-1] for p in fake.RECORD["parsed"]] == ["image_encoder.onnx", "text_encoder.onnx"]
-    assert m["tensorrt"]["engines"]["text"]["gate"]["passed"]
+    assert m.engines["tensorrt"].engines["text"].gate["passed"]
 
 
 @pytest.mark.parametrize("generation", [10, 11])
@@ -37,19 +38,21 @@ def test_fp16_engines_in_the_bundle(tmp_path, monkeypatch, generation):
     out = tmp_path / "b"
     m = export_bundle(tiny(), out, ExportConfig(formats=["tensorrt"], precision="fp16", batch_sizes=(2, 4, 16),
                                                 optimize=False, skip_recall_gate=True, sparse=True))
-    engines = m["tensorrt"]["engines"]
+    engines = m.engines["tensorrt"].engines
     assert set(engines) == {"vision", "text"}
     for tower, name, shape in (("vision", "image", [3, 32, 32]), ("text", "tokens", [16])):
-        plan = json.loads((out / engines[tower]["file"]).read_bytes())  # the fake serialises what it was told
+        plan = json.loads((out / engines[tower].file).read_bytes())  # the fake serialises what it was told
         assert plan["strongly_typed"] and plan["flags"] == ["SPARSE_WEIGHTS"]  # H11's 2:4 flag passes through
         assert plan["profile"] == {name: [[1, *shape], [4, *shape], [16, *shape]]}
         assert plan["pools"]["WORKSPACE"] == 4 << 30
-        src = out / engines[tower]["source_graph"]
-        assert src.name.endswith(".trt-fp16.onnx") and src.name in m["files"]
-        assert engines[tower]["gate"]["passed"] and engines[tower]["file"] in m["files"]
-    assert m["tensorrt"]["recall_gate"] is None  # --skip-recall-gate
-    assert m["tensorrt"]["features"]["weak_typing"] == (generation == 10)
-    assert "tensorrt_build.log" in m["files"] and (out / "tensorrt_timing.cache").is_file()
+        src = out / engines[tower].made_from
+        assert src.name.endswith(".trt-fp16.onnx") and src.name in m.files
+        assert engines[tower].gate["passed"] and engines[tower].file in m.files
+        assert engines[tower].precision == "fp16" and engines[tower].profile["max"] == [16, *shape]
+    assert m.engines["tensorrt"].recall_gate is None  # --skip-recall-gate
+    assert m.engines["tensorrt"].details["features"]["weak_typing"] == (generation == 10)
+    assert "tensorrt_build.log" in m.files and (out / "tensorrt_timing.cache").is_file()
+    assert Bundle(out).engine("text") == out / engines["text"].file
     assert fake.RECORD["streams"]
 
 
@@ -60,10 +63,10 @@ def test_int8_engines_calibrate_on_eval_data_and_pass_recall(tmp_path, monkeypat
     m = export_bundle(model, tmp_path / "b", ExportConfig(formats=["tensorrt"], precision="int8",
                                                           batch_sizes=(1, 4, 8), eval_data=str(data), optimize=False,
                                                           max_recall_drop=100.0))
-    t = m["tensorrt"]
-    assert t["recall_gate"]["passed"] and t["recall_gate"]["recall"]["recall_mean"] > 0
+    t = m.engines["tensorrt"]
+    assert t.recall_gate["passed"] and t.recall_gate["recall"]["recall_mean"] > 0
     for tower in ("vision", "text"):
-        check = t["engines"][tower]["graph_conversion"]["check"]
+        check = t.engines[tower].details["graph_conversion"]["check"]
         assert check["quantize_linear"] > 0 and not check["nonzero_zero_points"]
 
 
@@ -107,7 +110,7 @@ def test_missing_torch_tensorrt(tmp_path, monkeypatch):
 def test_torch_tensorrt_in_the_bundle(tmp_path, monkeypatch):
     import torch
 
-    from mope_deploy.exporting import torch_trt
+    from mope_deploy.exporting.tensorrt import torch_trt
 
     install_torch_tensorrt(monkeypatch, "2.14")
     monkeypatch.setattr(torch_trt, "DEVICE", "cpu")
@@ -115,10 +118,11 @@ def test_torch_tensorrt_in_the_bundle(tmp_path, monkeypatch):
     m = export_bundle(model, tmp_path / "b", ExportConfig(formats=["torch-tensorrt"], precision="fp16",
                                                           batch_sizes=(1, 4, 8), optimize=False,
                                                           skip_recall_gate=True))
-    t = m["torch_tensorrt"]
-    assert t["files"] == {"vision": "image_encoder.fp16.ep", "text": "text_encoder.fp16.ep"}
-    assert all(g["passed"] for g in t["gates"].values()) and "real@8" in t["gates"]["text"]["cases"]
-    assert (tmp_path / "b" / "text_encoder.fp16.ep").is_file() and "text_encoder.fp16.ep" in m["files"]
+    t = m.engines["torch-tensorrt"]
+    assert {k: e.file for k, e in t.engines.items()} == {"vision": "image_encoder.fp16.ep",
+                                                         "text": "text_encoder.fp16.ep"}
+    assert all(e.gate["passed"] for e in t.engines.values()) and "real@8" in t.engines["text"].gate["cases"]
+    assert (tmp_path / "b" / "text_encoder.fp16.ep").is_file() and "text_encoder.fp16.ep" in m.files
     assert next(model.parameters()).device.type == "cpu" and next(model.parameters()).dtype == torch.float32
 
 

@@ -33,7 +33,7 @@ def repo(tmp_path_factory):
 def test_repository_layout_and_configs(repo):
     model, out, manifest = repo
     r = out / "triton"
-    assert set(manifest["triton"]["models"]) == {"clip_image_onnx", "clip_text_onnx", "clip_image_trt", "clip_text_trt"}
+    assert set(manifest.triton["models"]) == {"clip_image_onnx", "clip_text_onnx", "clip_image_trt", "clip_text_trt"}
     # deployed names keep the word "image" for the vision tower (Triton clients address models by name)
     expect = {"image": ("image", mc.DataType.TYPE_FP32, [3, 32, 32]), "text": ("tokens", mc.DataType.TYPE_INT32, [16])}
     for tower, (name, dtype, dims) in expect.items():
@@ -54,13 +54,13 @@ def test_repository_layout_and_configs(repo):
             assert (r / cfg.name / "1" / model_file).is_file()
     assert _parse(r / "clip_text_onnx" / "config.pbtxt").instance_group[0].kind == \
         mc.ModelInstanceGroup.Kind.KIND_GPU  # fp16 deploy variant -> GPU instances
-    assert all(f"triton/{m}/config.pbtxt" in manifest["files"] for m in manifest["triton"]["models"])
+    assert all(f"triton/{m}/config.pbtxt" in manifest.files for m in manifest.triton["models"])
 
 
 def test_repository_onnx_models_run(repo):
     """The fp16 graph placed in the repository runs with its external weights and matches torch."""
     model, out, manifest = repo
-    assert manifest["triton"]["models"]["clip_text_onnx"]["source"] == "text_encoder.fp16.onnx"
+    assert manifest.triton["models"]["clip_text_onnx"]["source"] == "text_encoder.fp16.onnx"
     path = out / "triton" / "clip_image_onnx" / "1" / "model.onnx"
     assert (path.parent / "image_encoder.fp16.onnx.data").is_file()
     x = torch.randn(3, 3, 32, 32)
@@ -76,8 +76,8 @@ def test_int8_onnx_models_run_on_cpu_instances(tmp_path):
                                                            skip_recall_gate=True, optimize=False))
     cfg = _parse(tmp_path / "b" / "triton" / "clip_image_onnx" / "config.pbtxt")
     assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.Kind.KIND_CPU
-    assert m["triton"]["models"]["clip_image_onnx"]["source"] == "image_encoder.int8.onnx"
-    assert "clip_image_trt" not in m["triton"]["models"]
+    assert m.triton["models"]["clip_image_onnx"]["source"] == "image_encoder.int8.onnx"
+    assert "clip_image_trt" not in m.triton["models"]
 
 
 def test_render_rejects_bad_batch():

@@ -34,33 +34,35 @@ def test_int8_variant_recall_recorded_against_reference(setup):
     out = root / "int8"
     m = export_bundle(model, out, ExportConfig(precision="int8", eval_data=data, exporter="legacy",
                                                max_recall_drop=100.0))
-    v = m["variants"]
+    v = m.variants
     assert set(v) == {"fp32", "optimized", "fused", "int8"}
-    assert m["int8"] == {"vision": "image_encoder.int8.onnx", "text": "text_encoder.int8.onnx"}
-    assert m["deploy_variant"] == "int8"
+    assert v["int8"].files == {"vision": "image_encoder.int8.onnx", "text": "text_encoder.int8.onnx"}
+    assert m.deploy_variant == "int8"
     ev = EvalInputs.load(model, data, limit=None)
     images, tokens, txt2img = ev.images, ev.tokens, ev.txt2img
     for name in ("fp32", "optimized", "fused", "int8"):
-        files = (out / v[name]["files"]["vision"], out / v[name]["files"]["text"])
-        assert v[name]["recall"]["recall_mean"] == pytest.approx(_naive_recall(files, images, tokens, txt2img))
-    assert v["fp32"]["recall"]["recall_mean"] > 30  # the matched dataset is well above chance (~8%)
-    delta = v["int8"]["recall"]["recall_mean"] - v["fp32"]["recall"]["recall_mean"]
-    assert v["int8"]["recall_delta"] == pytest.approx(delta)
-    assert v["int8"]["recall_gate"] == "passed"
+        files = (out / v[name].files["vision"], out / v[name].files["text"])
+        assert v[name].recall["recall_mean"] == pytest.approx(_naive_recall(files, images, tokens, txt2img))
+    assert v["fp32"].recall["recall_mean"] > 30  # the matched dataset is well above chance (~8%)
+    delta = v["int8"].recall["recall_mean"] - v["fp32"].recall["recall_mean"]
+    assert v["int8"].recall_delta == pytest.approx(delta)
+    assert v["int8"].recall_gate == "passed"
     # int8 really is int8: quantised MatMuls in the graph, and a smaller file
     import onnx
     ops = {n.op_type for n in onnx.load(str(out / "image_encoder.int8.onnx")).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}
-    assert "QAttention" in ops and v["int8"]["from"] == "fused"  # attention is int8 too
+    assert "QAttention" in ops and v["int8"].made_from == "fused"  # attention is int8 too
     # which file serves which runtime: contrib-op graphs are ONNX Runtime only, the plain graph is portable
-    assert v["fp32"]["runtimes"] == ["any"]
-    assert v["fused"]["runtimes"] == v["int8"]["runtimes"] == v["optimized"]["runtimes"] == ["onnxruntime"]
-    assert m["runtime_variants"] == {"onnxruntime": "int8", "portable": "fp32"}
-    assert v["fused"]["recall_gate"] == "passed" and v["fused"]["parity_vs_fp32_graph"]["max_abs"] <= 1e-4
-    assert v["int8"]["agreement_vs_fp32"]["vision"]["min_cosine"] > 0.99
+    assert v["fp32"].runtimes == ["any"]
+    assert v["fused"].runtimes == v["int8"].runtimes == v["optimized"].runtimes == ["onnxruntime"]
+    assert m.runtime == {"onnxruntime": {"vision": "int8", "text": "int8"},
+                         "portable": {"vision": "fp32", "text": "fp32"}}
+    assert v["fused"].recall_gate == "passed" and v["fused"].parity["max_abs"] <= 1e-4
+    assert v["fused"].parity["vs"] == "fp32 graphs"
+    assert v["int8"].details["agreement_vs_fp32"]["vision"]["min_cosine"] > 0.99
     # ORT's fusions applied where they match, and the fused graph is still fp32-exact
-    assert v["optimized"]["fused_ops"]["vision"].get("SkipLayerNormalization", 0) > 0
-    assert v["optimized"]["parity"]["max_abs"] <= 1e-4
+    assert v["optimized"].details["fused_ops"]["vision"].get("SkipLayerNormalization", 0) > 0
+    assert v["optimized"].parity["max_abs"] <= 1e-4
 
 
 def test_recall_gate_refuses_a_bad_variant(setup, monkeypatch):
@@ -91,9 +93,10 @@ def test_fp16_variant_keeps_io_and_pooling(setup):
     assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
     assert g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in g.initializer)
-    agree = m["variants"]["fp16"]["agreement_vs_fp32"]
+    agree = m.variants["fp16"].details["agreement_vs_fp32"]
     assert agree["text"]["min_cosine"] > 0.999 and agree["vision"]["min_cosine"] > 0.999
-    assert m["variants"]["fp16"]["recall"] is not None and "recall_delta" in m["variants"]["fp16"]
+    assert m.variants["fp16"].recall is not None and m.variants["fp16"].recall_delta is not None
+    assert m.variants["fp16"].made_from == "fp32"
 
 
 def test_lower_precision_needs_eval_data(tmp_path):
@@ -102,8 +105,8 @@ def test_lower_precision_needs_eval_data(tmp_path):
     assert not (tmp_path / "b").exists()
     m = export_bundle(tiny(), tmp_path / "b", ExportConfig(precision="int8", skip_recall_gate=True, exporter="legacy",
                                                            optimize=False))
-    assert m["variants"]["int8"]["recall"] is None
-    assert "skip" in m["variants"]["int8"]["recall_gate"] and m["gates"]["recall_gate"] == "skipped"
+    assert m.variants["int8"].recall is None
+    assert "skip" in m.variants["int8"].recall_gate and m.gates.recall_gate == "skipped"
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = tiny().encode_image(x).numpy()

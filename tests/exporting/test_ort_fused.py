@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from export_helpers import ort_run
-from mope_deploy.exporting.bundle import variant_names
+from mope_deploy.bundle import variant_names
 from mope_deploy.exporting.onnx import ExportError, random_tokens, write_onnx
 from mope_deploy.exporting.ort_fused import (FUSED_VARIANT, OrtAttention, attention_nodes, check_attention_nodes,
                                              fused_parity, fused_view, write_fused_onnx)

@@ -11,7 +11,7 @@ import torch
 from onnx import numpy_helper
 
 from export_helpers import ort_run
-from mope_deploy.exporting.bundle import onnx_name
+from mope_deploy.bundle import onnx_name
 from mope_deploy.exporting.onnx import write_onnx
 from mope_deploy.exporting.ort_fused import FUSED_VARIANT, attention_nodes, graph_inputs, write_fused_onnx
 from mope_deploy.exporting.quantize import (BatchReader, cosine_stats, pick_fp32_nodes, quantizable_nodes,

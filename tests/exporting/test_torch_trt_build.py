@@ -8,8 +8,9 @@ import torch
 
 from export_helpers import tiny
 from fakes import install_torch_tensorrt
-from mope_deploy.exporting import torch_trt as torch_trt_export
-from mope_deploy.exporting import torch_trt_api
+from mope_deploy.exporting.tensorrt import EngineBuild
+from mope_deploy.exporting.tensorrt import torch_trt as torch_trt_export
+from mope_deploy.exporting.tensorrt import torch_trt_api
 from mope_deploy.exporting.onnx import ExportError
 
 pytestmark = pytest.mark.slow  # torch.export of both encoders per case (~5 s)
@@ -19,10 +20,12 @@ pytestmark = pytest.mark.slow  # torch.export of both encoders per case (~5 s)
 def test_programs_compile_save_reload_and_pass_the_gate(tmp_path, monkeypatch, release, precision):
     fake = install_torch_tensorrt(monkeypatch, release)
     model = tiny()
-    info = torch_trt_export.compile_torch_tensorrt(model, tmp_path, precision, (1, 4, 8), device="cpu")
-    assert info["files"] == {"vision": f"image_encoder.{precision}.ep", "text": f"text_encoder.{precision}.ep"}
+    info = torch_trt_export.compile_torch_tensorrt(model, tmp_path, EngineBuild(precision, (1, 4, 8), device="cpu"))
+    assert {t: e.file for t, e in info.engines.items()} == {"vision": f"image_encoder.{precision}.ep",
+                                                            "text": f"text_encoder.{precision}.ep"}
+    assert info.format == "torch-tensorrt" and info.precision == precision
     for tower in ("vision", "text"):
-        gate = info["gates"][tower]
+        gate = info.engines[tower].gate
         assert gate["passed"] and {"random@1", "random@4", "random@8"} <= set(gate["cases"])
     compiles = [c for c in fake.CALLS if c[0] == "compile"]
     kw = compiles[0][2]
@@ -39,7 +42,8 @@ def test_programs_compile_save_reload_and_pass_the_gate(tmp_path, monkeypatch, r
         d = saves[0][2]["dynamic_shapes"][0][0]
         assert (d.min, d.max) == (1, 8)
     if precision == "fp16":
-        assert info["fp32_layernorms"] == {"vision": 6, "text": 5}  # ln_pre/ln_post + 2 per block; ln_final + 2/block
+        # ln_pre/ln_post + 2 per block; ln_final + 2 per block
+        assert {t: e.details["fp32_layernorms"] for t, e in info.engines.items()} == {"vision": 6, "text": 5}
     else:
         assert kw["disable_tf32"] is True
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
@@ -52,7 +56,7 @@ def test_a_program_whose_batch_was_fixed_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(torch_trt_api, "save_kwargs", lambda feats, name, bmax: {
         "output_format": "exported_program", "dynamic_shapes": {name: {0: torch.export.Dim("batch", min=1, max=bmax)}}})
     with pytest.raises(ExportError, match="refused by the numeric gate.*random@1"):
-        torch_trt_export.compile_torch_tensorrt(tiny(), tmp_path, "fp32", (1, 4, 8), device="cpu")
+        torch_trt_export.compile_torch_tensorrt(tiny(), tmp_path, EngineBuild("fp32", (1, 4, 8), device="cpu"))
     assert not list(tmp_path.glob("*.ep"))
 
 
@@ -71,7 +75,7 @@ def test_int8_and_missing_library(tmp_path, monkeypatch):
 
     install_torch_tensorrt(monkeypatch, "2.14")
     with pytest.raises(ValueError, match="ModelOpt"):  # ExportConfigError is a ValueError
-        torch_trt_export.compile_torch_tensorrt(tiny(), tmp_path, "int8", device="cpu")
+        torch_trt_export.compile_torch_tensorrt(tiny(), tmp_path, EngineBuild("int8", device="cpu"))
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
     with pytest.raises(torch_trt_export.TensorRTUnavailableError, match="not installed"):
         torch_trt_export.require_torch_tensorrt()
@@ -94,9 +98,9 @@ def test_recall_gate_on_fp16_programs(tmp_path, monkeypatch):
         t2i.append(j)
     ev = EvalInputs(images, tokens, torch.tensor(t2i))
     (tmp_path / "ok").mkdir()
-    info = torch_trt_export.compile_torch_tensorrt(model, tmp_path / "ok", "fp16", (1, 4, 8), device="cpu",
-                                                   calib=ev, max_recall_drop=1.0)
-    assert info["recall_gate"]["passed"] and abs(info["recall_gate"]["recall_delta"]) <= 1.0
+    info = torch_trt_export.compile_torch_tensorrt(model, tmp_path / "ok", EngineBuild("fp16", (1, 4, 8), device="cpu",
+                                                                                    max_recall_drop=1.0), calib=ev)
+    assert info.recall_gate["passed"] and abs(info.recall_gate["recall_delta"]) <= 1.0
     real_load = torch_trt_export.load_program
 
     def noisy(path, device):  # a program that computes something else
@@ -106,6 +110,7 @@ def test_recall_gate_on_fp16_programs(tmp_path, monkeypatch):
     monkeypatch.setattr(torch_trt_export, "load_program", noisy)
     (tmp_path / "bad").mkdir()
     with pytest.raises(ExportError, match="Recall Mean"):
-        torch_trt_export.compile_torch_tensorrt(model, tmp_path / "bad", "fp16", (1, 4, 8), device="cpu", calib=ev,
-                                                thresholds={"min_cosine": -1.0, "max_abs": 10.0}, max_recall_drop=1.0)
+        loose = {"min_cosine": -1.0, "max_abs": 10.0}
+        torch_trt_export.compile_torch_tensorrt(model, tmp_path / "bad", EngineBuild(
+            "fp16", (1, 4, 8), device="cpu", thresholds=loose, max_recall_drop=1.0), calib=ev)
     assert not list((tmp_path / "bad").glob("*.ep"))

@@ -15,7 +15,9 @@ from onnx import TensorProto, helper
 from export_helpers import tiny
 from fakes import install_tensorrt, tensorrt_fake
 from mope_deploy.exporting import tensorrt as trt_export
-from mope_deploy.exporting import trt_api
+from mope_deploy.exporting.tensorrt import EngineBuild
+from mope_deploy.exporting.tensorrt import gate as eg
+from mope_deploy.exporting.tensorrt import api as trt_api
 from mope_deploy.exporting.config import EvalInputs
 from mope_deploy.exporting.onnx import ExportError, random_tokens, write_onnx
 
@@ -46,27 +48,29 @@ def _bundle(graphs, tmp_path):
 def test_strongly_typed_builds_pass_the_gate(graphs, tmp_path, monkeypatch, generation, precision):
     fake = install_tensorrt(monkeypatch, generation)
     model, out, ev = _bundle(graphs, tmp_path)
-    info = trt_export.build_engines(out, model, precision, (2, 4, 8), calib=ev, device="cpu", max_recall_drop=100.0)
+    info = trt_export.build_engines(out, model, EngineBuild(precision, (2, 4, 8), device="cpu", max_recall_drop=100.0),
+                                    calib=ev)
     strong_bit = 1 << int(fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     assert fake.RECORD["network_flags"] == [strong_bit, strong_bit]  # both networks strongly typed
     for tower, name, dims in (("vision", "image", [3, 32, 32]), ("text", "tokens", [16])):
-        e = info["engines"][tower]
-        plan = json.loads((out / e["file"]).read_bytes())  # the fake serialises what it was told
+        e = info.engines[tower]
+        assert e.precision == precision and e.profile["opt"] == [4, *dims]
+        plan = json.loads((out / e.file).read_bytes())  # the fake serialises what it was told
         assert plan["strongly_typed"] and plan["flags"] == []  # no precision flag: the graph carries it
         assert plan["cleared"] == (["TF32"] if precision == "fp32" else [])
         assert plan["profile"] == {name: [[1, *dims], [4, *dims], [8, *dims]]}  # min batch forced to 1
-        gate = e["gate"]
+        gate = e.gate
         assert gate["passed"] and set(gate["cases"]) >= {f"random@{b}" for b in (1, 4, 8)}
-        assert gate["min_cosine"] >= trt_export.eg.THRESHOLDS[precision]["min_cosine"]
-        src = onnx.load(str(out / e["source_graph"]))
+        assert gate["min_cosine"] >= eg.THRESHOLDS[precision]["min_cosine"]
+        src = onnx.load(str(out / e.made_from))
         ops = {n.op_type for n in src.graph.node}
         if precision == "fp16":
-            assert e["graph_conversion"]["check"]["fp32_kept"]["LayerNormalization"] >= 5
-            assert not e["graph_conversion"]["check"]["fp32_leaked"] and "Cast" in ops
+            assert e.details["graph_conversion"]["check"]["fp32_kept"]["LayerNormalization"] >= 5
+            assert not e.details["graph_conversion"]["check"]["fp32_leaked"] and "Cast" in ops
         if precision == "int8":
             assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    assert info["batch_sizes"]["requested_min"] == 2
-    assert (info["recall_gate"] is None) == (precision == "fp32")
+    assert info.details["batch_sizes"]["requested_min"] == 2
+    assert (info.recall_gate is None) == (precision == "fp32")
     # every execution went to the runner's own stream, never the legacy default stream 0
     assert fake.RECORD["streams"] and set(fake.RECORD["streams"]) == {install_tensorrt.__globals__["FakeStream"].handle}
     log = (out / "tensorrt_build.log").read_text()
@@ -79,7 +83,7 @@ def test_wrong_engine_is_refused_and_not_written(graphs, tmp_path, monkeypatch):
     model, out, ev = _bundle(graphs, tmp_path)
     fake.FAULTS["perturb"] = 0.05  # the engine computes something else than the graph
     with pytest.raises(ExportError, match="refused by the numeric gate.*cos"):
-        trt_export.build_engines(out, model, "fp16", (1, 4, 8), calib=ev, device="cpu")
+        trt_export.build_engines(out, model, EngineBuild("fp16", (1, 4, 8), device="cpu"), calib=ev)
     assert not list(out.glob("*.engine"))
     assert "REFUSED" in (out / "tensorrt_build.log").read_text()
 
@@ -101,32 +105,33 @@ def test_recall_gate_refuses_a_lossy_engine(graphs, tmp_path, monkeypatch):
     loose = {"min_cosine": -1.0, "max_abs": 10.0}  # let the numeric gate through: the recall gate must act
     tensorrt_fake.FAULTS["perturb"] = 0.5
     with pytest.raises(ExportError, match="Recall Mean"):
-        trt_export.build_engines(out, model, "fp16", (1, 4, 8), calib=ev, device="cpu", thresholds=loose,
-                                 max_recall_drop=1.0)
+        trt_export.build_engines(out, model, EngineBuild("fp16", (1, 4, 8), device="cpu", thresholds=loose,
+                                                         max_recall_drop=1.0), calib=ev)
     assert not list(out.glob("*.engine"))
 
 
 def test_weak_typing_only_where_the_flags_exist(graphs, tmp_path, monkeypatch):
     fake = install_tensorrt(monkeypatch, 10)
     model, out, ev = _bundle(graphs, tmp_path)
-    info = trt_export.build_engines(out, model, "fp16", (1, 4, 8), calib=ev, device="cpu", typing="weak",
-                                    max_recall_drop=100.0)
-    text = info["engines"]["text"]
-    assert text["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"] and fake.RECORD["network_flags"] == [0, 0]
+    info = trt_export.build_engines(out, model, EngineBuild("fp16", (1, 4, 8), device="cpu", typing="weak",
+                                                            max_recall_drop=100.0), calib=ev)
+    text = info.engines["text"]
+    assert text.details["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"] and fake.RECORD["network_flags"] == [0, 0]
     # the int32 ReduceMax over token ids is not pinned (or counted); the float layers are
-    assert text["pinned_fp32_layers"] and all("ReduceMax" not in n for n in text["pinned_fp32_layers"])
-    assert json.loads((out / text["file"]).read_bytes())["weak_fp16"]
+    pinned = text.details["pinned_fp32_layers"]
+    assert pinned and all("ReduceMax" not in n for n in pinned)
+    assert json.loads((out / text.file).read_bytes())["weak_fp16"]
     install_tensorrt(monkeypatch, 11)
     with pytest.raises(ExportError, match="removed in TensorRT 11"):
-        trt_export.build_engines(out, model, "fp16", (1, 4, 8), calib=ev, device="cpu", typing="weak")
+        trt_export.build_engines(out, model, EngineBuild("fp16", (1, 4, 8), device="cpu", typing="weak"), calib=ev)
 
 
 def test_weak_int8_calibrates_on_tensorrt_10(graphs, tmp_path, monkeypatch):
     install_tensorrt(monkeypatch, 10)
     model, out, ev = _bundle(graphs, tmp_path)
-    info = trt_export.build_engines(out, model, "int8", (1, 4, 8), calib=ev, device="cpu", typing="weak",
-                                    max_recall_drop=100.0)
-    plan = json.loads((out / info["engines"]["vision"]["file"]).read_bytes())
+    info = trt_export.build_engines(out, model, EngineBuild("int8", (1, 4, 8), device="cpu", typing="weak",
+                                                            max_recall_drop=100.0), calib=ev)
+    plan = json.loads((out / info.engines["vision"].file).read_bytes())
     assert {"INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(plan["flags"])
     assert plan["calibration_batches"] == [4, 4, 4]  # 12 evaluation images in batches of OPT=4
 
@@ -156,9 +161,9 @@ def test_timing_cache_stale_or_foreign(graphs, tmp_path, monkeypatch, blob, stat
     cache = tmp_path / "shared.cache"
     if blob is not None:
         cache.write_bytes(blob)
-    info = trt_export.build_engines(out, model, "fp32", (1, 2, 4), device="cpu", timing_cache=cache)
-    assert info["engines"]["vision"]["timing_cache"]["state"] == state
-    assert info["engines"]["text"]["timing_cache"]["state"] == "loaded"  # the first build's cache is reused
+    info = trt_export.build_engines(out, model, EngineBuild("fp32", (1, 2, 4), device="cpu", timing_cache=cache))
+    assert info.engines["vision"].details["timing_cache"]["state"] == state
+    assert info.engines["text"].details["timing_cache"]["state"] == "loaded"  # the first build's cache is reused
     assert cache.read_bytes().startswith(b"TRTCACHE11:H200|")
 
 
@@ -167,7 +172,7 @@ def test_build_failure_quotes_the_error_not_the_verbose_chatter(graphs, tmp_path
     model, out, _ = _bundle(graphs, tmp_path)
     fake.FAULTS["fail_build"] = True
     with pytest.raises(ExportError) as e:
-        trt_export.build_engines(out, model, "fp32", (1, 2, 4), device="cpu")
+        trt_export.build_engines(out, model, EngineBuild("fp32", (1, 2, 4), device="cpu"))
     assert "out of tactics" in str(e.value) and "Tactic 0x" not in str(e.value)
     sink = trt_api.LogSink()
     for sev in tensorrt_fake.Severity:
@@ -258,7 +263,6 @@ def test_require_tensorrt_errors(monkeypatch):
 
 def test_gate_compares_against_torch():
     """The gate's numbers against a naive computation."""
-    from mope_deploy.exporting import engine_gate as eg
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(5, 8)).astype(np.float32)

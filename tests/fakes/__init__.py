@@ -30,7 +30,7 @@ def install_tensorrt(monkeypatch, generation: int = 10, **kw):
     import torch
 
     from mope_deploy import device
-    from mope_deploy.exporting import trt_engine
+    from mope_deploy.exporting.tensorrt import runner as trt_engine
 
     from . import tensorrt_fake
 

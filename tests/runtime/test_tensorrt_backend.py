@@ -13,6 +13,7 @@ import torch
 
 from fakes import FakeStream, install_tensorrt
 from mope_deploy import device as device_mod
+from mope_deploy.bundle import Bundle, write_manifest
 from mope_deploy.exporting import tensorrt as trt_export
 from mope_deploy.runtime import BackendUnavailableError, BundleError, EncoderInputError
 from mope_deploy.runtime.tensorrt_backend import TensorRTEncoder
@@ -26,10 +27,10 @@ def engines(tiny_bundle, tmp_path_factory):
     shutil.copytree(bundle, b)
     with pytest.MonkeyPatch.context() as mp:
         install_tensorrt(mp, 11)
-        info = trt_export.build_engines(b, model, "fp32", (1, 2, 4), device="cpu")
-    m = json.loads((b / "manifest.json").read_text())
-    m["tensorrt"] = info
-    (b / "manifest.json").write_text(json.dumps(m, default=str))
+        info = trt_export.build_engines(b, model, trt_export.EngineBuild("fp32", (1, 2, 4), device="cpu"))
+    m = Bundle(b).manifest
+    m.engines["tensorrt"] = info
+    write_manifest(b, m)
     return model, b
 
 
@@ -103,7 +104,7 @@ def test_engine_for_another_model(trt_bundle, tmp_path):
     d = tmp_path / "other"
     d.mkdir()
     write_onnx(other, d)
-    trt_export.build_engines(d, other, "fp32", (1, 2, 4), device="cpu")
+    trt_export.build_engines(d, other, trt_export.EngineBuild("fp32", (1, 2, 4), device="cpu"))
     b = tmp_path / "b"
     shutil.copytree(bundle, b)
     shutil.copy(d / "image_encoder.fp32.engine", b / "image_encoder.fp32.engine")

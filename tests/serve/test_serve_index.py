@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mope_deploy.serve.build import build_index, load_collection
+from mope_deploy.atomic import OutputPathError
+from mope_deploy.data.datasets import DatasetError
+from mope_deploy.serve.build import Collection, auto_chunk_size, build_index, load_collection
+from mope_deploy.serve.errors import ServeError
 from mope_deploy.serve.index import (WAL_FILE, EmbeddingIndex, IndexFileError, Item, approx_recall,
                                      model_fingerprint)
 
@@ -78,6 +81,7 @@ def test_resume_skips_committed_chunks_and_counts_bad_images(tmp_path, demo_enco
     with pytest.raises(KeyboardInterrupt):
         build_index(col, demo_encoder, out, **kw)
     assert not out.exists() and len(list((tmp_path / ".idx.partial" / "chunks").glob("*.npz"))) == 2
+    assert (tmp_path / ".idx.partial" / ".mope-work").is_file()     # claimed: mope may remove it
     calls.clear()
     meta = build_index(col, demo_encoder, out, **kw)
     assert calls == [4]                      # chunks [0,2) and [2,4) were not recomputed
@@ -106,40 +110,76 @@ def test_decode_failures_are_skipped_and_counted(tmp_path, demo_encoder, noise_i
 
 
 def test_out_is_never_a_foreign_folder(tmp_path, demo_encoder, demo_index):
-    col = load_collection("synthetic:test")
+    col = load_collection("synthetic:val")
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep")
-    kw = dict(fingerprint=model_fingerprint("demo"), data_spec="synthetic:test", progress=False)
-    with pytest.raises(IndexFileError, match="not an index; refusing"):
+    kw = dict(fingerprint=model_fingerprint("demo"), data_spec="synthetic:val", progress=False)
+    with pytest.raises(OutputPathError, match="notes.txt, which mope did not write"):
         build_index(col, demo_encoder, foreign, **kw)
-    with pytest.raises(IndexFileError, match="--overwrite"):
-        build_index(col, demo_encoder, demo_index, **kw)
     assert (foreign / "notes.txt").read_text() == "keep"
+    assert not (tmp_path / ".mine.partial").exists()
 
 
-def test_wal_replays_acknowledged_items_and_drops_a_torn_tail(tmp_path, demo_encoder, noise_images):
-    fp = model_fingerprint("demo")
-    root = tmp_path / "live"
-    idx = EmbeddingIndex.create(root, fp, 128)
+def test_rebuild_replaces_an_index_but_not_runtime_additions_without_force(tmp_path, demo_encoder, noise_images):
     ims = noise_images(3)
-    emb = demo_encoder.encode_images(ims)
-    for i in range(3):
-        idx.add([Item(f"x{i}", {"type": "stored"}, [f"caption {i}"])], emb[i:i + 1], [b"\x89PNG fake"],
-                [demo_encoder.encode_texts([f"caption {i}"])])
-    with open(root / WAL_FILE, "ab") as f:
-        f.write(b'{"item": {"id": "torn"')          # a crash mid-append (never acknowledged)
-    again = EmbeddingIndex.open(root, fp)
-    assert [it.id for it in again.items] == ["x0", "x1", "x2"] and again.wal_torn == 1
-    np.testing.assert_allclose(again.embeddings(), emb, atol=0)
-    assert again.search(emb[1], 1)[0].item.id == "x1"
-    assert again.search(demo_encoder.encode_texts(["caption 2"])[0], 1, over="captions")[0].caption == "caption 2"
-    # appending after a torn tail starts a new line; the earlier records still replay
-    again.add([Item("x3", {"type": "stored"})], emb[:1], [b"img"])
-    assert [it.id for it in EmbeddingIndex.open(root, fp).items] == ["x0", "x1", "x2", "x3"]
-    lines = (root / WAL_FILE).read_bytes().split(b"\n")
-    bad = lines[:1] + [lines[1][:-5] + b'XXXX}'] + lines[2:]
-    (root / WAL_FILE).write_bytes(b"\n".join(bad))
-    with pytest.raises(IndexFileError, match="corrupt and is not the last"):
-        EmbeddingIndex.open(root, fp)
-    assert json.loads((root / "index.json").read_text())["n_items"] == 0
+    col = Collection("n", ims, ["a", "b", "c"], [[], [], []])
+    kw = dict(fingerprint=model_fingerprint("demo"), data_spec="noise", progress=False)
+    out = tmp_path / "idx"
+    build_index(col, demo_encoder, out, **kw)
+    build_index(col, demo_encoder, out, **kw)                 # an index mope wrote: rebuilt in place
+    idx = EmbeddingIndex.open(out)
+    idx.add([Item("live", {"type": "stored"})], demo_encoder.encode_images(ims[:1]), [b"png"])
+    before = (out / WAL_FILE).read_bytes()
+    with pytest.raises(ServeError, match="added at runtime.*--force"):
+        build_index(col, demo_encoder, out, **kw)
+    assert (out / WAL_FILE).read_bytes() == before
+    build_index(col, demo_encoder, out, force=True, **kw)
+    assert [it.id for it in EmbeddingIndex.open(out).items] == ["a", "b", "c"]
+
+
+def test_chunk_size_adapts_to_at_least_8_chunks(tmp_path, demo_encoder, noise_images):
+    assert [auto_chunk_size(n) for n in (1, 7, 8, 9, 500, 100_000)] == [1, 1, 1, 1, 62, 1024]
+    ims = noise_images(20)
+    col = Collection("n", ims, [str(i) for i in range(20)], [[] for _ in ims])
+    meta = build_index(col, demo_encoder, tmp_path / "i", fingerprint=model_fingerprint("demo"), data_spec="n",
+                       progress=False)
+    assert meta["build"]["chunk_size"] == 2                   # 10 chunks
+    for n in (8, 9, 15, 20, 500, 8191, 8192, 50_000):
+        assert -(-n // auto_chunk_size(n)) >= 8
+
+
+def test_failed_build_with_nothing_to_resume_leaves_nothing(tmp_path, demo_encoder):
+    """issue 22 item 5: every image fails to decode -> a clear error and no hidden .OUT.partial left behind."""
+
+    class Broken:
+        mode = "RGB"
+
+        def convert(self, mode):
+            raise OSError("image file is truncated")
+
+    col = Collection("broken", [Broken()] * 9, [f"{i}.png" for i in range(9)], [["x"]] * 9)
+    with pytest.raises(DatasetError, match="could be decoded"):
+        build_index(col, demo_encoder, tmp_path / "out", fingerprint=model_fingerprint("demo"), data_spec="broken",
+                    progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_users_folder_named_like_the_work_folder_is_never_touched(tmp_path, demo_encoder, noise_images):
+    mine = tmp_path / ".out.partial"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    col = Collection("n", noise_images(2), ["a", "b"], [[], []])
+    with pytest.raises(OutputPathError, match="did not create"):
+        build_index(col, demo_encoder, tmp_path / "out", fingerprint=model_fingerprint("demo"), data_spec="n",
+                    progress=False)
+    assert (mine / "thesis.tex").read_text() == "precious" and sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+
+def test_open_missing_index_is_an_error_unless_create(tmp_path):
+    fp = model_fingerprint("demo")
+    with pytest.raises(IndexFileError, match="does not exist.*--create-index"):
+        EmbeddingIndex.open(tmp_path / "typo", fp)
+    assert not (tmp_path / "typo").exists()
+    idx = EmbeddingIndex.open(tmp_path / "new", fp, create=True, dim=128)
+    assert len(idx) == 0 and (tmp_path / "new" / "index.json").is_file()

@@ -9,7 +9,7 @@ import torch
 
 from mope_deploy.distill.losses import info_nce
 from mope_deploy.sparsity import (Pattern, SparsifySpec, SparsityError, allocate_keep, allocate_nm, block_linears,
-                                  first_order_scores, sparsify, sparsity_report, zeroth_order_scores)
+                                  first_order_scores, sparsify, zeroth_order_scores)
 from mope_deploy.sparsity import ecoflap as E
 
 
@@ -88,16 +88,56 @@ def test_zeroth_order_sharded_over_ranks_equals_one_process(tiny_model, calib, m
     assert all(len(p) for p in parts)  # 4 batches over 3 ranks: everyone had work
 
 
-def test_first_order_scores_match_autograd(tiny_model, calib):
+def test_first_order_scores_accumulate_gradient_magnitude_per_batch(tiny_model, calib):
+    """As the reference (GradMagAbs_sum): sum |W| * mean_b |G_b|, not |W * sum_b G_b| (batches could cancel)."""
     s = first_order_scores(tiny_model, calib, batch_size=8)
     lin = tiny_model.visual.blocks[1].mlp.c_fc
     lin.weight.requires_grad_(True)
-    g = torch.zeros_like(lin.weight)
+    acc, summed = torch.zeros_like(lin.weight), torch.zeros_like(lin.weight)
     for img, tok in calib.batches(8):
         i, x, sc = tiny_model(img, tok)[:3]
-        g += torch.autograd.grad(info_nce(i, x, sc), lin.weight)[0]
-    assert s[("vision", 1, "mlp.c_fc")] == pytest.approx(float((lin.weight.detach() * g).abs().sum()), rel=1e-5)
+        g = torch.autograd.grad(info_nce(i, x, sc), lin.weight)[0]
+        acc += g.abs()
+        summed += g
+    w = lin.weight.detach().abs()
+    assert s[("vision", 1, "mlp.c_fc")] == pytest.approx(float((w * acc).sum()) / 2, rel=1e-5)
+    assert float((w * acc).sum()) > float((w * summed.abs()).sum()) * 1.01  # the two definitions do differ here
+    lin.weight.requires_grad_(False)
     assert all(p.grad is None for p in tiny_model.parameters())
+
+
+def _naive_zeroth_samples(model, calib, batch_size, eps, seed, samples):
+    """Perturbation k on batch k mod B with noise z_k; full forwards."""
+    batches = calib.batches(batch_size)
+    out = {}
+    for k in range(samples):
+        img, tok = batches[k % len(batches)]
+        for t in ("vision", "text"):
+            for l, blk in enumerate(model.tower(t).blocks):
+                for j, (name, lin) in enumerate(block_linears(blk).items()):
+                    z = E._z(lin.weight, seed, k, t, l, j)
+                    w0 = lin.weight.detach().clone()
+                    losses = []
+                    with torch.no_grad():
+                        for sign in (1, -1):
+                            lin.weight.copy_(w0 + sign * eps * z)
+                            i, x, sc = model(img, tok)[:3]
+                            losses.append(float(info_nce(i, x, sc)))
+                        lin.weight.copy_(w0)
+                    out[(t, l, name)] = out.get((t, l, name), 0.0) + abs(losses[0] - losses[1]) / (2 * eps)
+    return out
+
+
+def test_zo_samples_more_perturbations_than_batches_match_naive(tiny_model, calib):
+    tiny_model.double()
+    calib.images = calib.images.double()
+    fast = zeroth_order_scores(tiny_model, calib, batch_size=8, seed=5, samples=5)  # 2 batches, 5 perturbations
+    slow = _naive_zeroth_samples(tiny_model, calib, 8, 1e-3, 5, 5)
+    assert fast.keys() == slow.keys()
+    assert all(fast[k] == pytest.approx(slow[k], rel=1e-6, abs=1e-9) for k in fast)
+    one = zeroth_order_scores(tiny_model, calib, batch_size=8, seed=5)            # default: one per batch
+    assert all(one[k] == pytest.approx(_naive_zeroth(tiny_model, calib, 8, 1e-3, 5)[k], rel=1e-6, abs=1e-9)
+               for k in list(one)[:3])
 
 
 @pytest.mark.parametrize("scores", ["zeroth", "first"])
@@ -110,6 +150,11 @@ def test_ecoflap_unstructured_respects_allocation(tiny_model, calib, scores):
     assert max(blocks) - min(blocks) > 0.01  # the scores made the blocks differ
     assert m.config.sparsity["max_block_sparsity"] == 0.6
     assert set(rep["block_scores"]) == {f"{t}.{i}" for t in ("vision", "text") for i in range(2)}
+    rec = m.config.sparsity
+    for t in ("vision", "text"):  # the allocated ratios are stored beside the measured ones, and they agree
+        assert len(rec["allocated"][t]) == len(rec["blocks"][t]) == 2
+        assert all(abs(a - b) < 0.01 for a, b in zip(rec["allocated"][t], rec["blocks"][t]))
+    assert rec["local"] == "wanda" and rec["zo_samples" if scores == "zeroth" else "local"]
 
 
 def test_ecoflap_nm_keeps_important_blocks_dense(tiny_model, calib):
@@ -122,3 +167,45 @@ def test_ecoflap_nm_keeps_important_blocks_dense(tiny_model, calib):
     dense = [k for k, b in zip(["vision.0", "vision.1", "text.0", "text.1"], blocks) if b == 0]
     sparse = [k for k, b in zip(["vision.0", "vision.1", "text.0", "text.1"], blocks) if b > 0]
     assert min(scores[k] for k in dense) >= max(scores[k] for k in sparse)  # equal block sizes here
+    assert m.config.sparsity["allocated"] == {t: rep["towers"][t]["blocks"] for t in ("vision", "text")}
+    assert m.config.sparsity["nm_blocks"] == "score"
+
+
+def test_uniform_nm_spreads_blocks_over_depth_and_towers():
+    p = Pattern(2, 4)
+    keys = [("vision", i) for i in range(8)] + [("text", i) for i in range(4)]
+    chosen = E.uniform_nm(keys, [100] * 12, 0.25, p)  # half of the blocks
+    v = [i for (t, i), c in zip(keys, chosen) if c and t == "vision"]
+    tx = [i for (t, i), c in zip(keys, chosen) if c and t == "text"]
+    assert len(v) == 4 and len(tx) == 2                 # the same share of each tower
+    assert v == [0, 3, 5, 7] and tx == [0, 3]           # spread out, not the first half
+    assert all(E.uniform_nm(keys, [100] * 12, 0.5, p))
+
+
+def test_ecoflap_local_sparsegpt_updates_kept_weights(tiny_model, calib):
+    w, g = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    kw = dict(method="ecoflap", sparsity=0.5, max_block_sparsity=0.6, batch_size=8, zo_samples=2)
+    sparsify(w, SparsifySpec(**kw), calib, progress=False)
+    sparsify(g, SparsifySpec(local="sparsegpt", **kw), calib, progress=False)
+    assert g.config.sparsity["local"] == "sparsegpt" and g.config.sparsity["allocated"] == w.config.sparsity["allocated"]
+    lin0, lin = tiny_model.visual.blocks[0].mlp.c_fc.weight, g.visual.blocks[0].mlp.c_fc.weight
+    kept = lin != 0
+    assert not torch.equal(lin[kept], lin0[kept])       # SparseGPT moved the kept weights; Wanda never does
+    with torch.no_grad():
+        ref = tiny_model.encode_image(calib.images)
+        eg = (g.encode_image(calib.images) - ref).pow(2).mean()
+        ew = (w.encode_image(calib.images) - ref).pow(2).mean()
+    assert eg < ew
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(method="wanda", sparsity=0.5, local="sparsegpt"), "--local only applies"),
+    (dict(method="ecoflap", sparsity=0.5, local="obs"), "--local must be"),
+    (dict(method="ecoflap", sparsity=0.5, zo_samples=0), "--zo-samples must be"),
+    (dict(method="ecoflap", sparsity=0.5, scores="first", zo_samples=4), "only applies to --scores zeroth"),
+    (dict(method="ecoflap", pattern="2:4", nm_blocks="random"), "--nm-blocks must be"),
+    (dict(method="sparsegpt", sparsity=0.5, zo_samples=4), "--zo-samples only applies"),
+])
+def test_ecoflap_option_errors(kw, msg):
+    with pytest.raises(SparsityError, match=msg):
+        SparsifySpec(**kw).resolved()

@@ -42,7 +42,10 @@ def test_paths_equal_sparse_and_dense_models(pair, calib):
         with dense_path(model):
             assert torch.allclose(model.encode_image(calib.images), ref_dense.encode_image(calib.images), atol=1e-6)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n and n.startswith("visual.") for n in trainable)  # rank 4, vision only
+    assert trainable and all("lora_" in n for n in trainable)                      # only LoRA factors train ...
+    assert {n.split(".")[0] for n in trainable} == {"visual", "text"}              # ... on both towers by default
+    only_v = attach(copy.deepcopy(dense), sparse, rank=4, lora_towers=("vision",))
+    assert all(n.startswith("visual.") for n, p in only_v.named_parameters() if p.requires_grad)
 
 
 def test_merge_keeps_exact_zero_pattern_and_nm(pair, calib):
@@ -59,7 +62,7 @@ def test_merge_keeps_exact_zero_pattern_and_nm(pair, calib):
         assert torch.equal(a.weight != 0, b.weight != 0), (t, i, n)        # same positions, same count
         assert is_nm(a.weight, 2, 4)
         n_changed += int((a.weight != b.weight).any())
-    assert n_changed == 8  # every vision linear got its LoRA update; text linears are exactly the sparse ones
+    assert n_changed == 16  # every linear of both towers got its LoRA update
 
 
 def test_kl_term_matches_naive_and_is_zero_on_self():
@@ -72,7 +75,7 @@ def test_kl_term_matches_naive_and_is_zero_on_self():
     for a, b in ((ls, lt), (ls.t(), lt.t())):
         p = b.softmax(-1)
         naive += (p * (p.log() - a.log_softmax(-1))).sum(-1).mean()
-    assert float(kl_term(s, t, T)) == pytest.approx(float(naive / 2 * T * T), rel=1e-5)
+    assert float(kl_term(s, t, T)) == pytest.approx(float(naive / 2), rel=1e-5)  # no T^2, as the reference
     assert float(kl_term(s, s, T)) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -96,9 +99,34 @@ def test_recover_end_to_end_keeps_pattern(pair, calib, kd):
     dense, sparse = pair
     spec = RecoverSpec(steps=4, lr=5e-3, kd=kd)
     merged = recover(copy.deepcopy(dense), sparse, _data(calib), spec, progress=False)
-    for (*_, a), (*_, b) in zip(prunable(merged), prunable(sparse)):
-        assert torch.equal(a.weight != 0, b.weight != 0) and is_nm(a.weight, 2, 4)
+    changed = set()
+    for (t, *_, a), (*_, b) in zip(prunable(merged), prunable(sparse)):
+        assert torch.equal(a.weight != 0, b.weight != 0) and is_nm(a.weight, 2, 4)  # the zeros, exactly
+        if not torch.equal(a.weight, b.weight):
+            changed.add(t)
+    assert changed == {"vision", "text"}                                             # both towers recovered
+    assert merged.config.sparsity["recovered"]["lora_towers"] == ["vision", "text"]
     assert merged.config.sparsity["recovered"]["method"] == "sparselora"
     assert merged.config.sparsity["pattern"] == "2:4"
     with torch.no_grad():
         assert torch.isfinite(merged.encode_image(calib.images)).all()
+
+
+def test_lora_towers_and_settings_checked_before_work(tiny_model, calib):
+    from mope_deploy.sparsity import SparsityError
+
+    sparse = copy.deepcopy(tiny_model)
+    sparsify(sparse, SparsifySpec(method="magnitude", pattern="2:4", towers=("vision",)), progress=False)
+    with pytest.raises(SparsityError, match="text was not sparsified"):
+        recover(copy.deepcopy(tiny_model), sparse, _data(calib), RecoverSpec(steps=1, lora_towers=("text",)))
+    for bad, msg in [(dict(rank=0), "--lora-rank"), (dict(alpha=0.0), "--lora-alpha"),
+                     (dict(lora_towers=("audio",)), "--lora-towers must be")]:
+        with pytest.raises(SparsityError, match=msg):
+            recover(copy.deepcopy(tiny_model), sparse, _data(calib), RecoverSpec(steps=1, **bad))
+    merged = recover(copy.deepcopy(tiny_model), sparse, _data(calib), RecoverSpec(steps=2, lr=5e-3, alpha=8.0),
+                     progress=False)  # default: LoRA on the sparsified tower only; the text tower stays dense
+    assert merged.config.sparsity["recovered"]["lora_towers"] == ["vision"]
+    assert merged.config.sparsity["recovered"]["alpha"] == 8.0
+    for (t, *_, a), (*_, b) in zip(prunable(merged), prunable(tiny_model)):
+        if t == "text":
+            assert torch.equal(a.weight, b.weight)

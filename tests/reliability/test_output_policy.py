@@ -1,0 +1,109 @@
+"""The one output policy, command by command: a user's file and a user's non-empty folder at the output path are
+refused (naming the path and what to do) and stay byte-identical, with and without ``--force`` when the new
+output fails. Each command lists how to run it into OUT successfully and how to make it fail after the output
+check has passed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from reliability_helpers import cli, tree
+
+FORCE_WORDS = "--force"
+
+
+def _prune(model, out, data):
+    return ["prune", model, "--depth", "1", "--depth-method", "top", "--out", out]
+
+
+def _prune_fails(model, out, data):
+    return ["prune", model, "--depth", "99", "--depth-method", "top", "--out", out]
+
+
+def _importance(model, out, data):
+    return ["importance", model, "--method", "magnitude", "--out", out]
+
+
+def _importance_fails(model, out, data):
+    return ["importance", model, "--data", out.parent / "missing.csv", "--out", out]
+
+
+def _eval(model, out, data):
+    return ["eval", model, "--data", data, "-q", "--json", out]
+
+
+def _eval_fails(model, out, data):
+    return ["eval", model, "--data", out.parent / "missing.csv", "-q", "--json", out]
+
+
+#: command -> (output kind, how to run it, how to make it fail after the check)
+COMMANDS = {
+    "prune": ("folder", _prune, _prune_fails),
+    "importance": ("file", _importance, _importance_fails),
+    "eval": ("file", _eval, _eval_fails),
+}
+
+
+def _user_file(path: Path) -> None:
+    path.write_text("my notes, not mope's")
+
+
+def _user_folder(path: Path) -> None:
+    path.mkdir()
+    (path / "thesis.tex").write_text("years of work")
+    (path / "data").mkdir()
+    (path / "data" / "x.bin").write_bytes(os.urandom(64))
+
+
+@pytest.fixture
+def data(caption_csv, noise_images):
+    return caption_csv(noise_images(4), [["a red square"], ["a blue circle"], ["a green line"], ["a dot"]])
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_refuses_a_users_file_or_folder(command, what, good_model, data, tmp_path):
+    kind, run, _ = COMMANDS[command]
+    area = tmp_path / "area"
+    area.mkdir()
+    out = area / "out"
+    (_user_file if what == "file" else _user_folder)(out)
+    needle = FORCE_WORDS if (what == "file" or kind == "folder") else "is a folder"
+    cli(run(good_model, out, data), str(out), needle, watch=area)
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_force_keeps_the_old_content_when_the_new_output_fails(command, what, good_model, data, tmp_path):
+    kind, _, fail = COMMANDS[command]
+    area = tmp_path / "area"
+    area.mkdir()
+    out = area / "out"
+    (_user_file if what == "file" else _user_folder)(out)
+    before = tree(area)
+    cli([*fail(good_model, out, data), "--force"], watch=area)
+    assert tree(area) == before
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_writes_absent_then_replaces_its_own_output(command, good_model, data, tmp_path):
+    _, run, _ = COMMANDS[command]
+    out = tmp_path / "out"
+    cli(run(good_model, out, data), watch=good_model, code=0)
+    assert out.exists()
+    cli(run(good_model, out, data), watch=good_model, code=0)      # its own output: replaced without --force
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_compress_refuses_a_users_file_or_folder(what, tmp_path):
+    """compress writes its run folder in place (it resumes), so it has --resume/--restart instead of --force:
+    a folder that is not a mope run is refused before any work, and --restart does not change that."""
+    area = tmp_path / "area"
+    area.mkdir()
+    out = area / "out"
+    (_user_file if what == "file" else _user_folder)(out)
+    for extra in ([], ["--restart"]):
+        cli(["compress", "demo", "--out", out, *extra], str(out), "choose another --out", watch=area)
