@@ -22,8 +22,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# the pytest-benchmark suites are benchmarks/bench_*.py, which pytest's default file pattern (test_*.py) skips;
+# `make bench BENCH_ARGS=--benchmark-disable` runs each benchmark once as a plain test (what CI does)
+BENCH_ARGS ?= --benchmark-enable --benchmark-only
 bench: setup
-	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-only
+	$(PY) -m pytest benchmarks -o python_files='bench_*.py' -q -p no:cacheprovider $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,48 +1,82 @@
-"""Load test of the retrieval service on loopback, and index-build throughput.
+"""Load test of the retrieval service on loopback with `wrk` (a compiled load generator: ~0.05 ms of CPU per
+request, so on a small machine the client does not take the CPU the server needs).
 
-1. Service: ``mope serve`` runs in its own process over an index of
-   synthetic:test; a client process keeps ``--clients`` concurrent connections busy with ``POST /search`` text
-   queries (the captions of synthetic:test, shuffled) for ``--duration`` seconds per configuration (bounded also by
-   ``--max-requests``). Configurations run back to back in one invocation, alternating, so they see the same machine:
-   micro-batching (``--max-batch 32 --max-wait-ms 5``) vs no batching (``--max-batch 1``). Reported: requests/s,
-   p50/p99 latency, errors (any non-200 or transport error), and the mean encoder batch (from /metrics).
-2. Index build: images/s of `build_index` on synthetic:test (images only) with the demo bundle on ONNX Runtime fp32
-   and int8, alternated ``--build-repeats`` times (best kept).
+For each bundle (``--bundles``: the demo teacher's ONNX bundle on ONNX Runtime fp32, and the MoPE-CLIP base shape
+(random weights) exported with int8 variants, on ``onnxruntime-int8``: encoder-bound), ``mope serve`` runs in its
+own process over an index of synthetic:test, and ``wrk`` keeps ``--clients`` connections busy with ``POST /search``
+text queries (the captions of synthetic:test, rotating) for ``--duration`` seconds per configuration. The batching
+policies (``--policies``) alternate ``--rounds`` times so they see the same machine:
 
-    .venv/bin/python benchmarks/service_load.py --duration 120 --rounds 2 \
-        --json benchmarks/results/$(date +%F)_<machine>_service-load.json
+    adaptive   --batch-policy adaptive --max-batch 32      (the default: no fill wait, cap from the encoder's cost)
+    fixed      --batch-policy fixed --max-batch 32 --max-wait-ms 5
+    none       --batch-policy fixed --max-batch 1 --max-wait-ms 0      (the unbatched baseline)
 
-Only 127.0.0.1 is contacted; every loop stops by count and by time.
+Reported per run: requests/s, p50/p99 latency (wrk's), errors (non-2xx, socket errors, timeouts), the mean encoder
+batch (from /metrics), server CPU ms per request, the load average; per bundle and policy: requests/s and p99 as
+ratios to ``none`` (the CPU criterion: >= 1.0x and <= 1.25x, 0 errors).
+
+    flock /tmp/mope-timing.lock .venv/bin/python benchmarks/service_load.py --duration 120 --rounds 2 \\
+        --json benchmarks/results/$(date +%F)_<machine>_service-load-wrk.json
+
+``wrk`` is installed with apt-get when absent (root) or must be on PATH. Only 127.0.0.1 is contacted; every loop
+stops by count and by time.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
-import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 # `mope serve` itself, run with this interpreter
 MOPE = [sys.executable, "-c", "import sys; from mope_deploy.cli.app import main; sys.argv[0] = 'mope'; main()"]
+POLICIES = {"adaptive": ["--batch-policy", "adaptive", "--max-batch", "32"],
+            "fixed": ["--batch-policy", "fixed", "--max-batch", "32", "--max-wait-ms", "5"],
+            "none": ["--batch-policy", "fixed", "--max-batch", "1", "--max-wait-ms", "0"]}
+BUNDLES = {"demo": "onnxruntime", "mope-base-int8": "onnxruntime-int8"}
+#: images indexed per bundle (search cost is not what is measured; the big model embeds slowly on a CPU)
+INDEX_IMAGES = {"demo": 500, "mope-base-int8": 64}
+LUA = r"""
+local queries = {}
+for line in io.lines(os.getenv("MOPE_QUERIES")) do queries[#queries + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", "/search", {["Content-Type"] = "application/json"}, queries[(i % #queries) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('MOPE {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"status": %d, "timeout": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\n', summary.requests,
+    summary.duration, e.connect, e.read, e.write, e.status, e.timeout, latency:percentile(50),
+    latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
 
 
-def _free_port() -> int:
-    from mope_deploy.serve.server import loopback_socket
-
-    s = loopback_socket()
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def ensure_wrk() -> str:
+    """The wrk binary, installed with apt-get when absent and this runs as root."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk (apt-get install -y wrk)", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, stdout=subprocess.DEVNULL)
+        if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update"], check=False, stdout=subprocess.DEVNULL)
+            subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, stdout=subprocess.DEVNULL)
+        found = shutil.which("wrk")
+    if not found:
+        sys.exit("wrk is not installed: apt-get install wrk (or put a wrk binary on PATH)")
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -51,167 +85,184 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(args, index: Path, max_batch: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
+def make_bundle(name: str, cache: Path) -> Path:
+    """The bundle ``name`` in ``cache`` (exported once, reused by later runs)."""
+    from mope_deploy.runtime import is_bundle
+
+    out = cache / name
+    if is_bundle(out):
+        return out
+    import torch
+
+    from mope_deploy.exporting import export_bundle
+    from mope_deploy.models import SlimCLIP, load
+
+    if name == "demo":
+        export_bundle(load("demo"), out)
+        return out
+    from mope_deploy.bench.paper import paper_configs
+    from mope_deploy.exporting.config import ExportConfig
+    from mope_deploy.models import load_config
+
+    torch.manual_seed(0)
+    model = SlimCLIP(paper_configs(load_config("ViT-L-14"))["MoPE-CLIP base"]).eval()
+    export_bundle(model, out, ExportConfig(precision="int8", skip_recall_gate=True))   # random weights: no recall
+    return out
+
+
+def make_index(name: str, bundle: Path, backend: str, cache: Path) -> Path:
+    from mope_deploy.runtime import open_encoder
+    from mope_deploy.serve.build import Collection, build_index, load_collection
+    from mope_deploy.serve.index import is_index, model_fingerprint
+
+    out = cache / f"{name}.index"
+    if is_index(out):
+        return out
+    full, n = load_collection("synthetic:test"), INDEX_IMAGES[name]
+    col = Collection(full.name, [full.images[i] for i in range(n)], full.ids[:n], full.captions[:n])
+    enc = open_encoder(bundle, backend, threads=1, work_dir=str(cache / f"{name}-work"))
+    build_index(col, enc, out, fingerprint=model_fingerprint(str(bundle)), data_spec="synthetic:test",
+                captions=False, progress=False)
+    return out
+
+
+def start_server(bundle: Path, backend: str, index: Path, policy: str, threads: int, timeout_s: float = 600):
     import httpx
 
-    port = _free_port()
-    cmd = MOPE + ["serve", args.model, "--backend", args.backend, "--index", str(index), "--max-batch", str(max_batch),
-                  "--max-wait-ms", str(max_wait_ms), "--threads", str(args.threads), "--port", str(port)]
+    from mope_deploy.serve.server import loopback_socket
+
+    s = loopback_socket()
+    port = s.getsockname()[1]
+    s.close()
+    cmd = MOPE + ["serve", str(bundle), "--backend", backend, "--index", str(index), "--threads", str(threads),
+                  "--port", str(port), "--max-queue", "4096", *POLICIES[policy]]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("server exited during startup")
+            raise RuntimeError(f"server exited during startup: {' '.join(cmd)}")
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
+            r = httpx.get(url + "/ready", timeout=2)
+            if r.status_code == 200:
+                return proc, url, r.json().get("warm_up", {})
         except httpx.HTTPError:
-            time.sleep(0.25)
+            pass
+        time.sleep(0.25)
     proc.kill()
-    raise RuntimeError("server did not start")
+    raise RuntimeError("server did not become ready")
 
 
-async def drive(url: str, queries: list[str], clients: int, duration: float, max_requests: int) -> dict:
+def run_wrk(wrk: str, url: str, queries: Path, clients: int, duration: float, script: Path) -> dict:
+    cmd = [wrk, "-t1", f"-c{clients}", f"-d{max(1, int(duration))}s", "--timeout", "30s", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MOPE_QUERIES": str(queries)},
+                         timeout=duration + 120)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("MOPE ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no summary: {out.stdout[-500:]} {out.stderr[-500:]}")
+    return json.loads(line[5:])
+
+
+def mean_batch(url: str) -> float | None:
     import httpx
 
-    lat: list[float] = []
-    errors = 0
-    reasons: dict[str, int] = {}
-    sent = 0
-    deadline = time.perf_counter() + duration
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
-        async def client(i: int):
-            nonlocal errors, sent
-            j = i
-            while time.perf_counter() < deadline and sent < max_requests:
-                sent += 1
-                q = queries[j % len(queries)]
-                j += clients
-                t0 = time.perf_counter()
-                try:
-                    r = await c.post("/search", json={"text": q, "k": 10})
-                    ok, why = r.status_code == 200, f"HTTP {r.status_code}"
-                except httpx.HTTPError as e:
-                    ok, why = False, f"{type(e).__name__}: {str(e)[:80]}"
-                if ok:
-                    lat.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
-                    reasons[why] = reasons.get(why, 0) + 1
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(clients)))
-        wall = time.perf_counter() - t0
-        metrics = (await c.get("/metrics")).text
-    s = float(re.search(r'mope_batch_size_sum\{tower="text"\} (\S+)', metrics).group(1))
-    n = float(re.search(r'mope_batch_size_count\{tower="text"\} (\S+)', metrics).group(1))
-    a = np.asarray(lat) * 1000
-    return {"requests": len(lat) + errors, "ok": len(lat), "errors": errors, "error_kinds": reasons,
-            "seconds": round(wall, 2),
-            "rps": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(a, 50)), 2) if len(a) else None,
-            "p99_ms": round(float(np.percentile(a, 99)), 2) if len(a) else None,
-            "mean_batch": round(s / n, 2) if n else None}
+    text = httpx.get(url + "/metrics", timeout=30).text
+    s = re.search(r'mope_batch_size_sum\{tower="text"\} (\S+)', text)
+    n = re.search(r'mope_batch_size_count\{tower="text"\} (\S+)', text)
+    return round(float(s.group(1)) / float(n.group(1)), 2) if s and n and float(n.group(1)) else None
 
 
-def build_throughput(bundle: str, work: Path, repeats: int) -> dict:
-    from mope_deploy.runtime import open_encoder
-    from mope_deploy.serve.build import build_index, load_collection
-    from mope_deploy.serve.index import model_fingerprint
+def measure(args, wrk: str, bundle: Path, backend: str, index: Path, policy: str, files: tuple[Path, Path]) -> dict:
+    """One configuration: start, warm (not recorded), measure, stop."""
+    queries, script = files
+    proc, url, warm = start_server(bundle, backend, index, policy, args.threads)
+    try:
+        run_wrk(wrk, url, queries, args.clients, min(5.0, args.duration), script)
+        b0, s0 = mean_batch(url), cpu_seconds(proc.pid)
+        w = run_wrk(wrk, url, queries, args.clients, args.duration, script)
+        server_cpu = cpu_seconds(proc.pid) - s0
+        batch = mean_batch(url)
+        load = os.getloadavg()[0]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    errors = w["connect"] + w["read"] + w["write"] + w["status"] + w["timeout"]
+    secs = w["duration_us"] / 1e6
+    return {"policy": policy, "requests": w["requests"], "errors": errors,
+            "error_kinds": {k: w[k] for k in ("connect", "read", "write", "status", "timeout") if w[k]},
+            "seconds": round(secs, 1), "rps": round((w["requests"] - errors) / secs, 1),
+            "p50_ms": round(w["p50_us"] / 1000, 1), "p99_ms": round(w["p99_us"] / 1000, 1),
+            "max_ms": round(w["max_us"] / 1000, 1), "mean_batch_cumulative": batch, "mean_batch_before": b0,
+            "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, w["requests"]), 3),
+            "loadavg_1m": round(load, 2), "batch_caps": {t: warm[t]["cap"] for t in ("text", "image") if t in warm}}
 
-    col = load_collection("synthetic:test")
-    encoders = {b: open_encoder(bundle, b, threads=1, work_dir=str(work / f"w-{b}"))
-                for b in ("onnxruntime", "onnxruntime-int8")}
-    best: dict[str, float] = {}
-    for r in range(repeats):
-        for b, enc in encoders.items():
-            out = work / f"idx-{b}-{r}"
-            t0 = time.perf_counter()
-            build_index(col, enc, out, fingerprint=model_fingerprint(bundle), data_spec="synthetic:test",
-                        captions=False, progress=False, chunk_size=256)
-            best[b] = max(best.get(b, 0.0), len(col.images) / (time.perf_counter() - t0))
-    return {b: round(v, 1) for b, v in best.items()}
+
+def summarise(rows: list[dict], policies: list[str]) -> dict:
+    """Per bundle and policy: requests/s and p99 as ratios to ``none`` (means over rounds), and the criterion."""
+    out: dict = {}
+    for bundle in dict.fromkeys(r["bundle"] for r in rows):
+        base = [r for r in rows if r["bundle"] == bundle and r["policy"] == "none"]
+        out[bundle] = {}
+        for p in policies:
+            mine = [r for r in rows if r["bundle"] == bundle and r["policy"] == p]
+            if not mine or not base or p == "none":
+                continue
+            rps = sum(r["rps"] for r in mine) / sum(r["rps"] for r in base)
+            p99 = (sum(r["p99_ms"] for r in mine) / len(mine)) / (sum(r["p99_ms"] for r in base) / len(base))
+            errors = sum(r["errors"] for r in mine)
+            out[bundle][p] = {"rps_ratio": round(rps, 3), "p99_ratio": round(p99, 3), "errors": errors,
+                              "meets_cpu_criterion": rps >= 1.0 and p99 <= 1.25 and errors == 0}
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="bundle or model (default: the demo teacher exported to ONNX)")
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--threads", type=int, default=1, help="encoder intra-op threads in the server")
+    p.add_argument("--bundles", default="demo,mope-base-int8", help=f"comma list of {', '.join(BUNDLES)}")
+    p.add_argument("--policies", default="adaptive,fixed,none", help=f"comma list of {', '.join(POLICIES)}")
     p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--duration", type=float, default=120.0, help="seconds per configuration")
-    p.add_argument("--max-requests", type=int, default=1_000_000, help="bound per configuration")
-    p.add_argument("--rounds", type=int, default=1, help="alternations of the configurations")
-    p.add_argument("--configs", default="32:5,1:0",
-                   help="MAX_BATCH:MAX_WAIT_MS pairs to compare (the first is the micro-batching one, "
-                        "1:0 the unbatched baseline)")
-    p.add_argument("--build-repeats", type=int, default=3)
-    p.add_argument("--skip-build", action="store_true")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds measured per configuration")
+    p.add_argument("--rounds", type=int, default=2, help="alternations of the policies")
+    p.add_argument("--threads", type=int, default=1, help="encoder intra-op threads in the server")
+    p.add_argument("--cache", type=Path, default=None, help="folder for the bundles and indexes (reused)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
+    bundles, policies = args.bundles.split(","), args.policies.split(",")
+    for b in bundles:
+        if b not in BUNDLES:
+            sys.exit(f"--bundles: unknown {b!r}; use {', '.join(BUNDLES)}")
+    for x in policies:
+        if x not in POLICIES:
+            sys.exit(f"--policies: unknown {x!r}; use {', '.join(POLICIES)}")
+    wrk = ensure_wrk()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    from mope_deploy.serve.build import load_collection
 
-    import torch
-
-    from mope_deploy.runtime import open_encoder
-    from mope_deploy.serve.build import build_index, load_collection
-    from mope_deploy.serve.index import model_fingerprint
-
-    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="mope-service-load-") as tmp:
-        work = Path(tmp)
-        if args.model is None:
-            from mope_deploy.exporting import export_bundle
-            from mope_deploy.models import load
-            export_bundle(load("demo"), work / "demo-bundle")
-            args.model = str(work / "demo-bundle")
-        col = load_collection("synthetic:test")
-        enc = open_encoder(args.model, args.backend, threads=1, work_dir=str(work / "enc"))
-        index = work / "index"
-        build_index(col, enc, index, fingerprint=model_fingerprint(args.model), data_spec="synthetic:test",
-                    progress=False)
-        queries = [c for cs in col.captions for c in cs]
-        random.Random(0).shuffle(queries)
-        configs = []
-        for pair in args.configs.split(","):
-            mb, mw = int(pair.split(":")[0]), float(pair.split(":")[1])
-            configs.append((f"max-batch {mb}, max-wait {mw:g} ms" if mb > 1 else "no batching (max-batch 1)", mb, mw))
+        cache = args.cache or Path(tmp)
+        cache.mkdir(parents=True, exist_ok=True)
+        queries, script = Path(tmp) / "queries.jsonl", Path(tmp) / "search.lua"
+        caps = [c for cs in load_collection("synthetic:test").captions for c in cs]
+        queries.write_text("".join(json.dumps({"text": c, "k": 10}) + "\n" for c in caps))
+        script.write_text(LUA)
         rows = []
-        for r in range(args.rounds):
-            for name, mb, mw in configs:
-                proc, url = start_server(args, index, mb, mw)
-                try:
-                    asyncio.run(drive(url, queries[:200], args.clients, 3.0, 2000))      # warm-up, not recorded
-                    s0, c0 = cpu_seconds(proc.pid), time.process_time()
-                    res = asyncio.run(drive(url, queries, args.clients, args.duration, args.max_requests))
-                    res["server_cpu_ms_per_request"] = round(1000 * (cpu_seconds(proc.pid) - s0) / max(1, res["ok"]), 3)
-                    res["client_cpu_ms_per_request"] = round(1000 * (time.process_time() - c0) / max(1, res["ok"]), 3)
-                    res["loadavg_1m"] = round(os.getloadavg()[0], 2)
-                finally:
-                    proc.terminate()
-                    proc.wait(30)
-                res.update(config=name, round=r, max_batch=mb, max_wait_ms=mw)
-                rows.append(res)
-                print(json.dumps(res), flush=True)
-        build = None if args.skip_build else build_throughput(args.model, work, args.build_repeats)
-        if build:
-            print(json.dumps({"index_build_images_per_s": build}), flush=True)
-    by = {name: [x for x in rows if x["config"] == name] for name, _, _ in configs}
-    base = by[configs[-1][0]]
-    summary = {"errors": sum(x["errors"] for x in rows), "baseline": configs[-1][0]}
-    for name, _, _ in configs[:-1]:
-        rps_ratio = sum(x["rps"] for x in by[name]) / max(1e-9, sum(x["rps"] for x in base))
-        summary[name] = {"rps_ratio": round(rps_ratio, 2),
-                         "p99_ratio": round(np.mean([x["p99_ms"] for x in by[name]]) /
-                                            np.mean([x["p99_ms"] for x in base]), 3)}
-    print(json.dumps(summary))
+        for name in bundles:
+            bundle = make_bundle(name, cache)
+            index = make_index(name, bundle, BUNDLES[name], cache)
+            for r in range(args.rounds):
+                for policy in policies:
+                    res = measure(args, wrk, bundle, BUNDLES[name], index, policy, (queries, script))
+                    res.update(bundle=name, backend=BUNDLES[name], round=r + 1)
+                    rows.append(res)
+                    print(json.dumps(res), flush=True)
+    summary = summarise(rows, policies)
+    print(json.dumps(summary, indent=1))
     if args.json:
         from mope_deploy.atomic import atomic_write_text
 
-        payload = {"rows": rows, "summary": summary, "index_build_images_per_s": build, "clients": args.clients,
-                   "duration_s": args.duration, "model": "demo teacher (ONNX bundle)" if "demo-bundle" in args.model
-                   else args.model, "backend": args.backend, "threads": args.threads,
-                   "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                               "loadavg_at_end": os.getloadavg()}}
+        payload = {"rows": rows, "summary": summary, "clients": args.clients, "duration_s": args.duration,
+                   "rounds": args.rounds, "threads": args.threads, "load_generator": "wrk -t1 (Lua: POST /search)",
+                   "machine": {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_end": os.getloadavg()}}
         atomic_write_text(args.json, json.dumps(payload, indent=2))
 
 

@@ -29,10 +29,12 @@ logs a warning saying so.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import stat
@@ -129,6 +131,35 @@ def _check_parent(target: Path) -> None:
 def _os_error(target: Path, e: OSError) -> OutputPathError:
     where = e.filename or target
     return OutputPathError(f"cannot write {target}: {e.strerror or e} ({where}); choose an --out you can write to")
+
+
+#: errnos that mean "no room": the disk (or a quota, or the file-size limit, RLIMIT_FSIZE) is full
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def no_room_cause(e: BaseException) -> OSError | None:
+    """The out-of-space ``OSError`` behind ``e``: ``e`` itself, one in its cause/context chain (torch.save turns it
+    into a RuntimeError raised while handling it), or an "os error N" a Rust library put in its message
+    (safetensors); None when ``e`` is something else."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_ROOM:
+            return e
+        m = re.search(r"os error (\d+)", str(e)[:2000])
+        if m and int(m.group(1)) in _NO_ROOM:
+            return OSError(int(m.group(1)), os.strerror(int(m.group(1))))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _no_room(target: Path, e: BaseException) -> None:
+    """Raise an :class:`OutputPathError` naming ``target`` and the cause when ``e`` is a full disk (else nothing)."""
+    cause = None if isinstance(e, MopeError) else no_room_cause(e)
+    if cause is not None:
+        raise OutputPathError(f"cannot write {target}: {cause.strerror} ({errno.errorcode.get(cause.errno, '?')}); "
+                              f"nothing was replaced, its previous content is unchanged: free disk space (or raise "
+                              f"the file-size limit) and run the command again") from e
 
 
 # ------------------------------------------------------------------------------ live temporaries and signals
@@ -286,8 +317,9 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
+            _no_room(path, e)
             raise
 
 
@@ -329,8 +361,9 @@ def atomic_dir(target: str | Path, owner: Owner = NEW_ONLY, force: bool = False)
                     os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
             check_target(target, owner, force)   # it may have changed during a long write
             _replace(tmp, target)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            _no_room(target, e)
             raise
 
 

@@ -151,3 +151,14 @@ def test_the_state_check_sees_a_change():
     finally:
         logging.getLogger(lg).setLevel(old)
         torch.set_num_threads(n)
+
+
+def test_readme_layout_names_every_package_and_top_level_module():
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"## Layout\n+```\n(.*?)```", readme, re.S)
+    assert m, "README.md has no Layout section with a code block"
+    text = m.group(1)
+    names = [f"{p.name}/" for p in sorted(PKG.iterdir()) if p.is_dir() and (p / "__init__.py").is_file()]
+    names += [p.name for p in sorted(PKG.glob("*.py")) if p.name != "__init__.py"]
+    missing = [n for n in names if n not in text]
+    assert not missing, f"README.md's Layout does not name {missing}"

@@ -12,6 +12,7 @@ import typer
 from . import bench, compress, eval as eval_cmd, export, importance, info, prune
 from . import sparsify
 from . import index, serve
+from . import plan
 from .common import install_notices, set_debug
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ app.command("bench")(bench.bench)
 app.command("sparsify")(sparsify.sparsify)
 app.command("index")(index.index)
 app.command("serve")(serve.serve)
+app.command("plan")(plan.plan)
 
 
 def main() -> None:

@@ -38,6 +38,10 @@ def compress(
 
     with user_errors():
         r = load_recipe(recipe, overrides or ())
+        from ..planning import resolve_recipe  # prune.latency -> widths and depths (the planner is above compress)
+        r, predicted = resolve_recipe(r, progress=not quiet)
+        if predicted is not None:
+            console.print(predicted.describe(), highlight=False)
         out = out or Path("runs") / r.name      # the name is a plain file name (validated with the recipe)
         console.print(f"[bold]mope compress[/]: recipe {r.name} ({r.stage} stage, teacher {r.teacher}) -> {out}")
         report = run_compress(r, out, progress=not quiet, log=lambda m: console.print(m, highlight=False),

@@ -312,6 +312,8 @@ class Pipeline:
                       "student": _summary(student, evaluate(student, test, progress=self.progress)),
                       "test_data": f"{self.recipe.data.test}:{self.recipe.data.test_split}",
                       "plan_hash": plan.hash()}
+            if self.recipe.prune.latency is not None:  # the planner's prediction (mope plan / resolve_recipe)
+                report["latency"] = self.recipe.prune.latency.model_dump(exclude_none=True)
             if dense_student is not None:  # the sparsity stage: the student before it, and what it did
                 from ..sparsity import sparsity_report
 
@@ -365,4 +367,5 @@ def compress(recipe: Recipe, out: str | Path, progress: bool = True, log: Callab
 
     ``out`` must be absent, empty or a mope run folder (:func:`.runs.check_run_dir`); ``restart`` first deletes
     what an earlier run wrote there (:func:`.runs.clear_run`), after every path of the recipe was checked."""
+    recipe.require_concrete()  # a latency budget is resolved above compress (mope_deploy.planning)
     return Pipeline(recipe, out, progress=progress, log=log, restart=restart).run()

@@ -47,9 +47,41 @@ class TowerTarget(_Strict):
     depth: Optional[int] = Field(None, gt=0, description="number of blocks kept")
 
 
+class LatencySpec(_Strict):
+    """A latency budget instead of widths and depths: ``mope compress`` resolves it to concrete tower targets with
+    :func:`mope_deploy.planning.resolve_recipe` (shapes timed on ``backend``) before scoring. A bare number is
+    ``ms``. ``predicted_ms`` / ``teacher_ms`` are filled by the planner and copied into report.json."""
+
+    ms: Optional[float] = Field(None, gt=0, description="budget per batch of `batch`, the pruned towers summed (ms)")
+    speedup: Optional[float] = Field(None, gt=0, description="budget as a speed-up over the teacher's predicted "
+                                                             "latency on the same backend")
+    backend: str = Field("onnxruntime", description="deployment backend the shapes are timed on (as mope bench)")
+    batch: int = Field(1, gt=0)
+    threads: Optional[int] = Field(None, gt=0)
+    predicted_ms: Optional[float] = Field(None, gt=0, description="filled by the planner: the chosen shape")
+    teacher_ms: Optional[float] = Field(None, gt=0, description="filled by the planner: the teacher")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _number(cls, data):
+        return {"ms": data} if isinstance(data, (int, float)) and not isinstance(data, bool) else data
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if (self.ms is None) == (self.speedup is None):
+            raise ValueError("prune.latency: give exactly one of ms (a budget per batch) and speedup")
+        return self
+
+    @property
+    def resolved(self) -> bool:
+        return self.predicted_ms is not None
+
+
 class PruneSpec(_Strict):
     vision: Optional[TowerTarget] = None
     text: Optional[TowerTarget] = None
+    latency: Optional[LatencySpec] = Field(None, description="a latency budget the planner turns into widths and "
+                                                             "depths (mope plan); a number is ms per batch")
     method: Literal[METHODS] = "mope"  # type: ignore[valid-type]  (Literal of the shared vocabulary)
     depth_method: Literal[DEPTH_METHODS] = "mope"  # type: ignore[valid-type]
     metric: Literal[METRICS] = "recall_mean"  # type: ignore[valid-type]
@@ -61,8 +93,9 @@ class PruneSpec(_Strict):
 
     @model_validator(mode="after")
     def _some_target(self):
-        if self.vision is None and self.text is None:
-            raise ValueError("prune: give a target for at least one tower (prune.vision or prune.text)")
+        if self.vision is None and self.text is None and self.latency is None:
+            raise ValueError("prune: give a target for at least one tower (prune.vision or prune.text) or a "
+                             "latency budget (prune.latency)")
         return self
 
 
@@ -163,11 +196,21 @@ class Recipe(_Strict):
     def towers(self) -> list[str]:
         return [t for t in TOWERS if getattr(self.prune, t) is not None]
 
+    def require_concrete(self) -> None:
+        """Refuse a latency budget (``prune.latency``) not yet resolved to widths and depths."""
+        lat = self.prune.latency
+        if lat is not None and not lat.resolved:
+            raise RecipeError("prune.latency is a budget, not widths and depths yet: run the recipe with `mope "
+                              "compress` (it plans the shapes first) or resolve it with "
+                              "mope_deploy.planning.resolve_recipe(recipe)")
+
 
 # reprlib bounds the echo of a bad value in time and length (a YAML alias bomb expands to 10^9 items)
 _ECHO = reprlib.Repr()
 _ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxtuple, _ECHO.maxdict, _ECHO.maxstring, _ECHO.maxother = 2, 3, 3, 3, 60, 60
 _MAX_LINES = 12
+#: a recipe is a few hundred bytes; PyYAML is pure Python, so a megabyte of YAML would take seconds to parse
+MAX_RECIPE_BYTES = 1 << 20
 
 
 def _format(e: ValidationError, source: str) -> str:
@@ -234,6 +277,9 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...]
     ``overrides`` (``KEY=VALUE``, see :func:`apply_overrides`) change fields before validation."""
     p = Path(path_or_name)
     if p.is_file():
+        if p.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe {p} is {p.stat().st_size} bytes: a recipe is a small YAML file (at most "
+                              f"{MAX_RECIPE_BYTES // 1024} KiB); is this the right file?")
         try:
             text, source = p.read_text(encoding="utf-8"), str(p)
         except UnicodeDecodeError as e:

@@ -7,8 +7,9 @@ inputs, ``model_type=TRANSFORMER``), each under the gates the ONNX variants pass
   output projection and the first block's attention input projection, where int8 error is measured to hurt most in
   the ONNX sensitivity pass, docs/RESULTS.md); still failing, it is refused and its files are removed.
 - Each variant records whether an input's embedding is the same alone and inside batches of 3 and 8
-  (``batch_invariant``: static scales make it so) and, per tower, how fast the int8 IR ran next to ONNX
-  Runtime's int8 graph at export time (``pick``: the runtime opens the faster one per tower).
+  (``batch_invariant``: static scales make it so). Per tower, the int8 IR is timed next to ONNX Runtime's int8
+  graph at export time, and the faster one is what the ``openvino`` runtime opens for that tower (the record's
+  ``runtime``: ``{tower: variant}``, the manifest's ``runtime["openvino"]``).
 - Inference precision is always set explicitly (``f32`` by default): OpenVINO's CPU default is bf16 on any
   CPU with AVX-512 BF16, which was 1.2-1.6x slower than f32 on a CPU without AMX and changes the numbers.
 
@@ -85,7 +86,7 @@ class OpenVINOExportConfig:
     IR (a negative value demands a gain: tests use it to force a refusal); ``calibration_limit`` inputs in
     batches of ``calibration_batch`` calibrate NNCF; ``ignored``: op names kept fp32 from the start;
     ``auto_ignore``: on a failed recall gate, retry once with the sensitive layers fp32; ``time_batch`` /
-    ``time_iters``: the per-tower speed measurement behind ``pick``."""
+    ``time_iters``: the per-tower speed measurement behind ``runtime``."""
 
     int8: bool = True
     atol: float = FP32_ATOL
@@ -297,7 +298,8 @@ def _fp32_variant(model: Any, root: Path, onnx_files: dict[str, Path], inputs: _
     compiled = _compile_all(root, FP32, config)
     parity = _parity(model, compiled, inputs, config)
     rec: dict[str, Any] = {"files": ir_files(FP32), "precision": "fp32", "runtimes": ["openvino"],
-                           "inference_precision": config.inference_precision, "from": info["vision"]["from"],
+                           "inference_precision": config.inference_precision, "made_from": "fp32",
+                           "converted_from": info["vision"]["from"],
                            "parity": parity}
     rec.update(_invariance(compiled, inputs))
     if not parity["passed"]:
@@ -314,7 +316,7 @@ def _int8_try(root: Path, inputs: _Inputs, config: OpenVINOExportConfig, ignored
               for t in TOWERS}
     compiled = _compile_all(root, INT8, config)
     rec: dict[str, Any] = {"files": ir_files(INT8), "precision": "int8", "runtimes": ["openvino"],
-                           "inference_precision": config.inference_precision, "from": FP32,
+                           "inference_precision": config.inference_precision, "made_from": FP32,
                            "method": {k: v for k, v in method["vision"].items() if k != "ignored"},
                            "ignored": {t: method[t]["ignored"] for t in TOWERS}}
     rec.update(_invariance(compiled, inputs))
@@ -371,10 +373,10 @@ def _median_ms(fns: dict[str, Callable[[], Any]], iters: int) -> dict[str, float
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def _pick(compiled: dict[str, Any], ort_files: dict[str, Path] | None, inputs: _Inputs,
+def _pick(compiled: dict[str, Any], ort_int8: tuple[str, dict[str, Path]] | None, inputs: _Inputs,
           config: OpenVINOExportConfig) -> dict[str, Any]:
-    """Per tower: the int8 IR and ONNX Runtime's int8 graph timed side by side at ``time_batch``; the faster
-    one is what the runtime opens for that tower."""
+    """Per tower: the int8 IR and ONNX Runtime's int8 graph (``ort_int8 = (variant name, {tower: path})``)
+    timed side by side at ``time_batch``; ``{tower: {median_ms, variant}}`` with the faster one's variant."""
     from .onnx import ort_session
 
     out: dict[str, Any] = {"batch": config.time_batch, "iters": config.time_iters, "threads": config.threads}
@@ -382,30 +384,32 @@ def _pick(compiled: dict[str, Any], ort_files: dict[str, Path] | None, inputs: _
         pool = inputs.invariance[t]
         x = np.concatenate([pool] * (config.time_batch // len(pool) + 1))[:config.time_batch]
         req = compiled[t].create_infer_request()
-        fns: dict[str, Callable[[], Any]] = {"openvino": lambda req=req, x=x: req.infer({0: x})}
-        if ort_files and ort_files.get(t) and Path(ort_files[t]).is_file():
-            s = ort_session(ort_files[t], threads=config.threads)
+        fns: dict[str, Callable[[], Any]] = {INT8: lambda req=req, x=x: req.infer({0: x})}
+        if ort_int8 is not None and Path(ort_int8[1][t]).is_file():
+            s = ort_session(ort_int8[1][t], threads=config.threads)
             feed = {s.get_inputs()[0].name: x}
-            fns["onnxruntime"] = lambda s=s, feed=feed: s.run(None, feed)
+            fns[ort_int8[0]] = lambda s=s, feed=feed: s.run(None, feed)
         ms = _median_ms(fns, config.time_iters)
-        out[t] = {"median_ms": ms, "backend": min(ms, key=ms.get)}
+        out[t] = {"median_ms": ms, "variant": min(ms, key=ms.get)}
     return out
 
 
 def export_openvino(model: Any, root: str | Path, onnx_files: dict[str, Path], ev: Any = None,
-                    config: OpenVINOExportConfig | None = None, ort_int8: dict[str, Path] | None = None,
+                    config: OpenVINOExportConfig | None = None,
+                    ort_int8: tuple[str, dict[str, Path]] | None = None,
                     say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the OpenVINO IR variants of ``model`` into ``root`` from its fp32 ONNX graphs ``onnx_files``
-    (``{tower: path}``) and return their record: ``{variants: {openvino, openvino-int8}, refused, pick,
-    versions, install}``. ``ev``: :class:`~.config.EvalInputs` (calibration and the recall gate);
-    ``ort_int8``: ONNX Runtime's int8 graphs, timed against the int8 IR per tower. A variant that fails its
-    gate is not written (recorded under ``refused``)."""
+    (``{tower: path}``) and return ``{variants: {name: variant record}, refused: {name: why}, runtime:
+    {tower: variant}, versions}``; each variant record has the manifest's ``Variant`` fields (the rest goes
+    to its ``details``). ``ev``: :class:`~.config.EvalInputs` (calibration and the recall gate); ``ort_int8``:
+    ``(variant name, {tower: path})`` of ONNX Runtime's int8 graphs, timed against the int8 IR per tower
+    (``runtime`` names the faster). A variant that fails its gate is not written."""
     config = (config or OpenVINOExportConfig()).check()
     require_openvino(int8=config.int8)
     say = say or (lambda msg: None)
     root = Path(root)
     inputs = _inputs(model, ev, config)
-    record: dict[str, Any] = {"variants": {}, "refused": {}, "install": INSTALL}
+    record: dict[str, Any] = {"variants": {}, "refused": {}, "runtime": {}}
     say("OpenVINO fp32 IR")
     try:
         fp32, compiled = _fp32_variant(model, root, onnx_files, inputs, config)
@@ -414,16 +418,19 @@ def export_openvino(model: Any, root: str | Path, onnx_files: dict[str, Path], e
         record["refused"][FP32] = str(e)
         return record
     record["variants"][FP32] = fp32
+    record["runtime"] = {t: FP32 for t in TOWERS}
     if config.int8:
         say("OpenVINO int8 IR (NNCF)")
         try:
             rec = _int8_variant(root, inputs, config, {**fp32, "compiled": compiled}, say)
-            compiled8 = rec.pop("compiled")
-            record["variants"][INT8] = rec
-            record["pick"] = _pick(compiled8, ort_int8, inputs, config)
         except ValueError as e:
             record["refused"][INT8] = str(e)
             say(f"OpenVINO int8 IR not kept: {e}")
+        else:
+            timing = _pick(rec.pop("compiled"), ort_int8, inputs, config)
+            rec["speed_at_export"] = timing
+            record["variants"][INT8] = rec
+            record["runtime"] = {t: timing[t]["variant"] for t in TOWERS}
     import openvino as ov
 
     record["versions"] = {"openvino": ov.get_version()}
@@ -434,7 +441,31 @@ def export_openvino(model: Any, root: str | Path, onnx_files: dict[str, Path], e
     return record
 
 
-__all__ = ["OpenVINOExportConfig", "OpenVINOUnavailableError", "export_openvino", "convert_to_ir", "quantize_ir",
+def add_to_bundle(root: str | Path, model: Any, ev: Any = None, config: OpenVINOExportConfig | None = None,
+                  say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """:func:`export_openvino` on an existing bundle (its fp32 ONNX graphs; its ONNX Runtime int8 variant, when
+    present, is the per-tower alternative), recorded in its manifest: the IR variants in ``variants``, the
+    refused ones in ``refused_variants``, the per-tower choice in ``runtime["openvino"]``. Returns the record."""
+    from ..bundle import Bundle, Variant
+
+    b = Bundle(root)
+    m = b.manifest
+    onnx_files = {t: b.root / m.variants["fp32"].files[t] for t in TOWERS}
+    ort = m.variants.get("int8")
+    ort_int8 = ("int8", {t: b.root / ort.files[t] for t in TOWERS}) if ort is not None else None
+    rec = export_openvino(model, b.root, onnx_files, ev, config, ort_int8, say)
+    for name in VARIANTS:
+        m.variants.pop(name, None)
+        m.refused_variants.pop(name, None)
+    m.variants.update({n: Variant.from_dict(v) for n, v in rec["variants"].items()})
+    m.refused_variants.update(rec["refused"])
+    if rec["runtime"]:
+        m.runtime["openvino"] = dict(rec["runtime"])
+    b.write_manifest(m)
+    return rec
+
+
+__all__ = ["OpenVINOExportConfig", "OpenVINOUnavailableError", "export_openvino", "add_to_bundle", "convert_to_ir", "quantize_ir",
            "compile_ir", "run_compiled", "batch_invariance", "sensitive_ops", "ir_name", "ir_files",
            "openvino_missing", "require_openvino", "INSTALL", "FP32", "INT8", "VARIANTS", "INFERENCE_PRECISIONS",
            "PERFORMANCE_HINTS"]

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..atomic import Output
+from ..atomic import Output, no_room_cause
 from ..bundle.directory import Bundle
 from ..bundle.manifest import (ONNXRUNTIME, PORTABLE, EncoderSpec, EngineSet, Gates, Manifest, Source, Sparsity,
                                Variant)
@@ -152,6 +152,8 @@ def fused_step(run: ExportRun) -> Variant | None:
                     details={"opset": info["opset"], "attention": info["attention"]})
         return run.gate.judge(root, name, v, run.variants["fp32"])
     except Exception as e:  # noqa: BLE001 - an optional variant: any failure means "not kept", said and recorded
+        if no_room_cause(e) is not None:
+            raise   # a full disk is not a refused variant: the export fails whole and replaces nothing
         for t in TOWERS:
             f = root / onnx_name(t, name)
             for g in (f, f.with_name(f.name + ".data")):

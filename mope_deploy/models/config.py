@@ -270,6 +270,7 @@ class RecoveredFields(_Fields):
 
     method: Literal[RECOVERY]  # type: ignore[valid-type]  (Literal of the shared vocabulary)
     rank: _size("width", 0)
+    alpha: Optional[Annotated[float, Field(gt=0, le=1e6)]] = None
     lora_towers: list[Literal[TOWERS]]  # type: ignore[valid-type]
     steps: Annotated[int, _between(0, 1 << 40)]
     loss: Annotated[str, Field(max_length=200)]
@@ -286,6 +287,10 @@ class SparsityRecord(_Fields):
     spec: dict[str, Any] = {}
     blocks: dict[Literal[TOWERS], list[Optional[Fraction]]] = {}  # type: ignore[valid-type]
     max_block_sparsity: Optional[Fraction] = None
+    allocated: dict[Literal[TOWERS], list[Optional[Fraction]]] = {}  # type: ignore[valid-type]  (ecoflap's plan)
+    local: Optional[Literal["wanda", "sparsegpt"]] = None              # ecoflap's method inside blocks
+    zo_samples: Optional[Annotated[int, _between(1, 1 << 20)]] = None
+    nm_blocks: Optional[Literal["score", "uniform"]] = None
     recovered: Optional[RecoveredFields] = None
 
 

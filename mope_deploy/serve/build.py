@@ -145,19 +145,19 @@ def build(job: IndexJob, log: Callable[[str], None] | None = None) -> dict[str, 
     backend = job.backend or default_backend(job.model)
     check_backend(backend)
     check_out(job.out, job.force)
-    collection = load_collection(job.data, **job.load_options())
-    say(f"{collection.name}: {len(collection.images)} images"
-        + (f" ({len(collection.report)} skipped while loading)" if len(collection.report) else ""))
-    encoder = open_encoder(job.model, backend, threads=job.threads)
-    options = dict(captions=job.captions, kind=job.kind, chunk_size=job.chunk_size, batch_size=job.batch_size,
-                   force=job.force, progress=job.progress)
     ray_session: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if job.ray is not None:
+    if job.ray is not None:                 # first: a cluster that cannot hold the workers fails in seconds
         from .ray_index import RayChunks
         ray_session = RayChunks(job, backend, log=say)
     with ray_session as embed_chunks:
+        collection = load_collection(job.data, **job.load_options())
+        say(f"{collection.name}: {len(collection.images)} images"
+            + (f" ({len(collection.report)} skipped while loading)" if len(collection.report) else ""))
+        encoder = open_encoder(job.model, backend, threads=job.threads)
         return build_index(collection, encoder, job.out, fingerprint=model_fingerprint(job.model),
-                           data_spec=job.data, embed_chunks=embed_chunks, log=say, **options)
+                           data_spec=job.data, embed_chunks=embed_chunks, log=say, captions=job.captions,
+                           kind=job.kind, chunk_size=job.chunk_size, batch_size=job.batch_size, force=job.force,
+                           progress=job.progress)
 
 
 def compact(root: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:

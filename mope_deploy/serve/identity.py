@@ -25,7 +25,7 @@ def model_fingerprint(model: Any) -> dict[str, str]:
             h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
         return {"kind": "model", "sha256": h.hexdigest(), "name": "SlimCLIP (in memory)"}
     if is_bundle(model):
-        from ..exporting.bundle import MANIFEST_FILE
+        from ..bundle import MANIFEST_FILE
         return {"kind": "bundle", "sha256": _sha256(Path(model) / MANIFEST_FILE), "name": str(model)}
     directory = resolve(str(model))
     if directory is not None:

@@ -2,8 +2,8 @@
 request metrics).
 
 Request metrics are labelled by route *template* (``/items/{item_id:path}``), never by the raw path: an unknown
-path and any request refused before routing (API key, declared body size) share the one label :data:`OTHER`, so no client can create labels
-(memory and ``/metrics`` size stay bounded whatever paths are requested).
+path and any request refused before routing (API key, declared body size) share the one label :data:`OTHER`, so
+no client can create labels (memory and ``/metrics`` size stay bounded whatever paths are requested).
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ function render(body) {
     score.textContent = "#" + hit.rank + "  score " + hit.score.toFixed(3);
     div.append(img, score);
     if (hit.caption !== undefined) {
-      const m = document.createElement("div"); m.className = "matched"; m.textContent = "\u201c" + hit.caption + "\u201d";
+      const m = document.createElement("div"); m.className = "matched";
+      m.textContent = "\u201c" + hit.caption + "\u201d";
       div.append(m);
     }
     const cap = document.createElement("div"); cap.className = "caption";

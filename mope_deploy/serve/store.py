@@ -75,7 +75,8 @@ def require_faiss():
 
 
 def index_owner():
-    """The files of an index folder: what `mope index --force`-less rebuilds may replace (a user's file is kept)."""
+    """The files of an index folder: a folder holding only these may be rebuilt without --force (a user's own
+    file inside it is refused, never lost)."""
     from ..atomic import Owner
 
     return Owner("retrieval index", markers=[(META_FILE,)],

@@ -18,7 +18,7 @@ from .patterns import Pattern, SparsityError, detect_pattern, is_nm, layer_mask,
 from .prune import METHODS, SparsifySpec, sparsify
 from .sparsegpt import sparsegpt_prune
 from .sparselora import RecoverSpec, SparseLoRALinear, SparseLoRALoss, attach, dense_path, merge, recover
-from .pipeline import SparsifyJob, SparsifyResult, run
+from .job import SparsifyJob, SparsifyResult, run
 
 __all__ = [
     "Calibration", "blockwise", "calibration_from_dataset", "allocate_keep", "allocate_nm", "block_scores",

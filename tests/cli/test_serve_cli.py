@@ -45,6 +45,8 @@ def test_index_builds_refuses_to_overwrite_and_reports(tmp_path, caption_csv, no
     (["serve", "demo", "--host", "0.0.0.0"], "--allow-remote"),
     (["serve", "demo", "--backend", "nope"], "unknown backend 'nope'"),
     (["serve", "demo", "--api-key-file", "no-such-keyfile"], "--api-key-file"),
+    (["serve", "demo", "--index", "no-such.index"], "--create-index"),
+    (["serve", "demo", "--batch-policy", "eager"], "--batch-policy 'eager'"),
 ])
 def test_bad_options_are_one_line_errors_before_any_work(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

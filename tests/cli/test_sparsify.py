@@ -52,10 +52,17 @@ def test_sparsify_2_4_with_sparselora_recovery(model_dir, csv_data, tmp_path):
     (["--method", "wanda", "--sparsity", "0.5"], "needs calibration data"),
     (["--method", "wanda", "--sparsity", "0.5", "--data", "CSV", "--samples", "50"], "lower --samples"),
     (["--method", "magnitude", "--sparsity", "0.5", "--recover", "lora"], "--recover must be"),
+    (["--method", "wanda", "--sparsity", "0.5", "--local", "sparsegpt", "--data", "synthetic"], "--local only applies"),
+    (["--method", "magnitude", "--pattern", "2:4", "--recover", "sparselora", "--data", "synthetic",
+      "--lora-towers", "vision,audio"], "--lora-towers must be"),
+    (["--method", "magnitude", "--pattern", "2:4", "--towers", "vision", "--recover", "sparselora", "--data",
+      "synthetic", "--lora-towers", "text"], "text was not sparsified"),
+    pytest.param(["--method", "magnitude", "--pattern", "2:4", "--device", "cuda"], "no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
 ])
 def test_sparsify_errors_are_one_line_before_work(model_dir, csv_data, tmp_path, args, msg):
     args = [str(csv_data) if a == "CSV" else a for a in args]
-    if "CSV" not in args and "--data" in args:
+    if "CSV" not in args and "--data" in args and "synthetic" not in args:
         args += ["--split", "all"]
     out = tmp_path / "never"
     r = runner.invoke(app, ["sparsify", str(model_dir), *args, "--out", str(out), "-q"])
@@ -93,3 +100,27 @@ def test_info_shows_per_block_and_tower_sparsity(model_dir, tmp_path):
     d = json.loads(runner.invoke(app, ["info", str(out), "--json"]).output)
     assert d["sparsity"]["pattern"] == "2:4" and d["sparsity"]["towers"]["vision"]["blocks"] == [0.5, 0.5]
     assert "sparsity" not in json.loads(runner.invoke(app, ["info", str(model_dir), "--json"]).output)
+
+
+@pytest.mark.slow
+def test_ecoflap_sparsegpt_2_4_sparselora_on_the_demo_teacher(tmp_path):
+    """The issue's bar: a valid 2:4 model whose text AND vision block weights changed in recovery and whose zeros
+    are exactly the pre-recovery mask (the same command without --recover is the pre-recovery model)."""
+    args = ["sparsify", "demo", "--method", "ecoflap", "--local", "sparsegpt", "--pattern", "2:4", "--data",
+            "synthetic", "--samples", "16", "--batch-size", "8", "--zo-samples", "2", "-q"]
+    r0 = runner.invoke(app, [*args, "--out", str(tmp_path / "D0")])
+    r = runner.invoke(app, [*args, "--recover", "sparselora", "--recover-steps", "3", "--recover-batch", "8",
+                            "--out", str(tmp_path / "D")])
+    assert r0.exit_code == 0 and r.exit_code == 0, r0.output + r.output
+    before, after = load_model(tmp_path / "D0"), load_model(tmp_path / "D")
+    changed = set()
+    for (t, i, n, a), (*_, b) in zip(prunable(after), prunable(before)):
+        assert is_nm(a.weight, 2, 4), (t, i, n)
+        assert torch.equal(a.weight != 0, b.weight != 0), (t, i, n)       # the zeros are the pre-recovery mask
+        if not torch.equal(a.weight, b.weight):
+            changed.add(t)
+    assert changed == {"vision", "text"}                                  # both towers recovered
+    rec = after.config.sparsity
+    assert rec["local"] == "sparsegpt" and rec["recovered"]["lora_towers"] == ["vision", "text"]
+    assert sparsity_report(after)["pattern"] == "2:4"
+    assert not (tmp_path / ".D.sparselora").exists()

@@ -45,7 +45,7 @@ def main() -> None:
         if mode == "add":
             disk_limit(int(args[1]))
             vec = np.ones((1, idx.dim), np.float32) / np.sqrt(idx.dim)
-            report(lambda: idx.add([Item("late", {"type": "stored"}, ["a late caption"])], vec, [b"\x89PNG" * 4096],
+            report(lambda: idx.add([Item("late", {"type": "stored"}, ["a late caption"])], vec, [b"\x89PNG" * 4],
                                    [vec]))
         elif mode == "compact":
             disk_limit(int(args[1]))

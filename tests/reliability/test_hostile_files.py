@@ -48,11 +48,11 @@ def test_hostile_open_clip_checkpoint_is_refused(case, tmp_path):
         torch.save({"state_dict": _Payload(marker)}, ckpt)
     else:
         ckpt.write_bytes(files[case])
-    message = "not a plain weights checkpoint" if case.startswith("payload") else "cannot be loaded into"
+    message = "cannot be loaded into" if case == "empty" else "not a plain weights checkpoint"
     r = cli(["eval", f"{ARCH}:{ckpt}", "--data", "synthetic", "-q"], str(ckpt), message, watch=tmp_path)
     assert "weights_only=False" not in "".join(r.output.split()) and "weights_only set to False" not in r.output
     assert not marker.exists(), "the payload ran"
-    assert len([ln for ln in r.output.splitlines() if ln.strip()]) <= 4      # one (wrapped) line, not a page
+    assert len(" ".join(r.output.split())) < 400                              # one line, not torch's page
 
 
 # --------------------------------------------------------------------------------------- binary data files

@@ -537,13 +537,14 @@ def test_first_search_after_ready_is_fast_on_the_demo_bundle(demo_bundle, demo_i
     import subprocess
     import sys
 
-    from mope_deploy.serve.index import EmbeddingIndex, model_fingerprint
+    from mope_deploy.serve.index import EmbeddingIndex, Item, model_fingerprint
     from mope_deploy.serve.server import loopback_socket
 
     index = tmp_path / "bundle.index"
     old = EmbeddingIndex.open(demo_index)
     EmbeddingIndex.create(index, model_fingerprint(str(demo_bundle)), old.dim).add(
-        old.items[:50], old.embeddings()[:50], [old.image_bytes(it) for it in old.items[:50]])
+        [Item(it.id, {"type": "stored"}, it.captions) for it in old.items[:50]], old.embeddings()[:50],
+        [old.image_bytes(it) for it in old.items[:50]])
     sock = loopback_socket()
     port = sock.getsockname()[1]
     sock.close()

@@ -116,3 +116,70 @@ def test_cancelled_requests_are_skipped():
 
     _run(main())
     assert seen == ["a", "c"]
+
+
+def test_knee_batch_stops_where_doubling_stops_paying():
+    from mope_deploy.serve.embedder import knee_batch
+
+    flat = {1: 1.0, 2: 0.97, 4: 0.95}                  # a CPU transformer: batching barely helps
+    assert knee_batch(flat, 32) == 1
+    falling = {1: 4.0, 2: 2.0, 4: 1.0, 8: 0.7, 16: 0.66, 32: 0.65}
+    assert knee_batch(falling, 32) == 8                 # 8 -> 16 saves 6% only
+    assert knee_batch(falling, 4) == 4                  # never above --max-batch
+    assert knee_batch({1: 1.0}, 32) == 1
+
+
+def test_measure_costs_sweeps_until_the_knee():
+    from mope_deploy.serve.embedder import knee_batch, measure_costs
+
+    calls = []
+
+    def run(b):                                          # fixed 4 ms + 1 ms per input: the knee is near 4-8
+        calls.append(b)
+        time.sleep(0.004 + 0.001 * b)
+
+    costs = measure_costs(run, max_batch=64, repeats=1)
+    assert list(costs) == sorted(costs) and min(costs) == 1
+    assert max(calls) < 64                               # stopped once doubling saved < 10%
+    assert 2 <= knee_batch(costs, 64) <= 16
+
+
+def test_adaptive_policy_caps_batches_from_the_encoder_and_never_waits():
+    """LocalEmbedder's warm-up measures the encoder and caps the batchers; its fill wait is 0."""
+    from mope_deploy.serve.config import BatchSettings
+    from mope_deploy.serve.embedder import LocalEmbedder
+
+    class Enc:                                           # a flat cost per input (a CPU encoder): cap 1
+        class config:
+            embed_dim = 2
+            tokenizer = {"context_length": 4}
+
+            class text:
+                context_length = 4
+
+        tokenizer = staticmethod(lambda texts: np.ones((len(texts), 4), dtype=np.int64))
+
+        def preprocess(self, image):
+            return np.zeros((3, 2, 2), dtype=np.float32)
+
+        def run_texts(self, tokens):
+            time.sleep(0.002 * len(tokens))
+            return np.ones((len(tokens), 2), dtype=np.float32)
+
+        run_images = run_texts
+
+        def describe(self):
+            return {"backend": "fake"}
+
+    async def main():
+        emb = LocalEmbedder(Enc(), BatchSettings("adaptive", max_batch=32))
+        await emb.start()
+        info = await emb.warm()
+        out = await emb.embed_texts(["a", "b"])
+        await emb.stop()
+        return emb, info, out
+
+    emb, info, out = _run(main())
+    assert emb.text.max_wait == 0 and emb.text.max_batch == info["text"]["cap"] == 1
+    assert emb.image.max_batch == 1 and out.vectors.shape == (2, 2)
+    assert emb.describe()["batch_caps"] == {"text": 1, "image": 1}

@@ -1,5 +1,6 @@
 """The search page in a real headless Chromium (Debian's chromium + chromium-driver, driven by selenium):
-typing a query shows result images with scores, fetched from the index's files."""
+a text query, an image query (file picker and drag-and-drop) and a caption search show results fetched from the
+index's files; a 401 points at the API-key box; the favicon is served."""
 
 from __future__ import annotations
 
@@ -64,3 +65,92 @@ def test_query_shows_result_images(browser, demo_index, demo_encoder, tmp_path):
     assert len(scores) == 8 and scores[0].startswith("#1") and "score 0." in scores[0]
     assert status.startswith("8 results")
     assert shot.stat().st_size > 10_000
+
+
+LOADED = ("return Array.from(document.querySelectorAll('img.result-image'))"
+          ".filter(i => i.dataset.loaded === '1' && i.complete && i.naturalWidth > 0).length")
+
+
+@pytest.fixture
+def page(browser, demo_index, demo_encoder):
+    """The page of a server over the demo index, opened in the browser."""
+    app = build_app("demo", backend="torch", index=demo_index, encoder=demo_encoder)
+    with serve_in_thread(app) as url:
+        browser.get(url + "/")
+        yield browser
+
+
+def _first_hit(driver) -> str:
+    from selenium.webdriver.common.by import By
+    return driver.find_elements(By.CSS_SELECTOR, ".hit .caption")[0].text
+
+
+def test_image_query_by_file_picker(page, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from mope_deploy.serve.build import load_collection
+
+    query = tmp_path / "query.png"
+    load_collection("synthetic:test").images[42].save(query)
+    page.find_element(By.ID, "k").clear()
+    page.find_element(By.ID, "k").send_keys("6")
+    page.find_element(By.ID, "file").send_keys(str(query))
+    WebDriverWait(page, 60).until(lambda d: d.execute_script(LOADED) == 6)
+    assert page.find_element(By.ID, "status").text.startswith("6 results")
+    assert "(image query)" in page.find_element(By.ID, "status").text
+    assert _first_hit(page).startswith("42")                      # the image itself is the best match
+    assert "score 1.000" in page.find_elements(By.CSS_SELECTOR, ".hit .score")[0].text
+
+
+def test_image_query_by_drag_and_drop(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page.execute_script("""
+        const done = arguments[0];
+        fetch('/images/7').then(r => r.blob()).then(blob => {
+          const dt = new DataTransfer();
+          dt.items.add(new File([blob], 'seven.png', {type: 'image/png'}));
+          const drop = document.getElementById('drop');
+          drop.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true, cancelable: true}));
+          drop.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        });
+    """)
+    WebDriverWait(page, 60).until(lambda d: d.execute_script(LOADED) == 12)
+    assert _first_hit(page).startswith("7")
+    assert page.find_element(By.ID, "preview").is_displayed()
+
+
+def test_caption_search_shows_matched_captions(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    Select(page.find_element(By.ID, "over")).select_by_value("captions")
+    page.find_element(By.ID, "q").send_keys("a large red star")
+    page.find_element(By.ID, "go").click()
+    WebDriverWait(page, 60).until(lambda d: d.execute_script(LOADED) == 12)
+    matched = [e.text for e in page.find_elements(By.CSS_SELECTOR, ".hit .matched")]
+    assert len(matched) == 12 and all(m.startswith("\u201c") and len(m) > 4 for m in matched)
+
+
+def test_401_points_at_the_api_key_box(browser, demo_index, demo_encoder, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    keyfile = tmp_path / "key"
+    keyfile.write_text("browser-test-key-0123456789")
+    app = build_app("demo", backend="torch", index=demo_index, encoder=demo_encoder, api_key_file=keyfile)
+    with serve_in_thread(app) as url:
+        browser.get(url + "/")
+        icon = browser.execute_script("return fetch('/favicon.ico').then(r => r.status + ' ' + "
+                                      "r.headers.get('content-type'))")
+        assert icon == "200 image/svg+xml"
+        browser.find_element(By.ID, "q").send_keys("a red star")
+        browser.find_element(By.ID, "go").click()
+        WebDriverWait(browser, 60).until(lambda d: "API key box" in d.find_element(By.ID, "status").text)
+        assert browser.find_element(By.ID, "keybox").get_attribute("open") is not None
+        assert browser.switch_to.active_element.get_attribute("id") == "key"
+        browser.find_element(By.ID, "key").send_keys("browser-test-key-0123456789")
+        browser.find_element(By.ID, "go").click()
+        WebDriverWait(browser, 60).until(lambda d: d.execute_script(LOADED) == 12)

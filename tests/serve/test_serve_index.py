@@ -3,7 +3,6 @@ bad images skipped and counted, the model fingerprint, atomic and refusing write
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -47,7 +47,7 @@ def test_recall_through_search_equals_mope_eval(demo_index, demo_encoder, b64png
     ref = json.loads(out.read_text())
 
     col = load_collection("synthetic:test")
-    app = build_app("demo", backend="torch", index=demo_index, encoder=demo_encoder, max_batch=32)
+    app = build_app("demo", backend="torch", index=demo_index, encoder=demo_encoder)
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=120) as c:
         captions = [(cap, str(i)) for i, caps in enumerate(col.captions) for cap in caps]
         with ThreadPoolExecutor(16) as pool:

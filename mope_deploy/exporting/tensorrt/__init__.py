@@ -5,8 +5,9 @@ judged by :mod:`.gate`; torch-tensorrt programs (:mod:`.torch_trt`, release shim
 Nothing here imports ``tensorrt``/``torch_tensorrt`` at import time: :func:`require_tensorrt` does, on use.
 """
 
+from ...device import TensorRTUnavailableError
 from .engines import EngineBuild, build_engines, load_profiles, require_tensorrt
 from .torch_trt import compile_torch_tensorrt, require_torch_tensorrt
 
 __all__ = ["EngineBuild", "build_engines", "load_profiles", "require_tensorrt", "compile_torch_tensorrt",
-           "require_torch_tensorrt"]
+           "require_torch_tensorrt", "TensorRTUnavailableError"]
