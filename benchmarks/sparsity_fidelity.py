@@ -17,6 +17,17 @@ after a short SparseLoRA recovery, over several seeds. One command:
 
 Every cell is cached in ``WORK/cells.json`` (an interrupted run resumes); the table goes to
 ``benchmarks/results/sparsity_fidelity.{json,md}``.
+
+Two side studies (issue 21), each written to ``benchmarks/results/``:
+
+    .venv/bin/python benchmarks/sparsity_fidelity.py --nm-choice [--seeds 0,1,2] [--target 0.4]
+    .venv/bin/python benchmarks/sparsity_fidelity.py --zo-spread [--seeds 0,1,2] [--zo 4,16]
+
+- ``--nm-choice``: ECoFLaP with 2:4 below 50% on the demo teacher: which blocks become 2:4, by score (least
+  important first) or ``uniform`` (spread evenly over depth and towers), Recall Mean per seed; plain Wanda 2:4
+  (every block, 50%) for reference; no recovery;
+- ``--zo-spread``: ECoFLaP's allocated per-block ratios (50% unstructured, cap 0.6) on the demo teacher across
+  seeds, for each number of zeroth-order perturbations: the largest spread of a block's ratio between seeds.
 """
 
 from __future__ import annotations
@@ -167,6 +178,77 @@ def table(cells: dict, seeds: list[int], models: list[str], steps: int) -> tuple
     return summary, "\n".join(lines)
 
 
+def nm_choice(seeds: list[int], target: float, local: str = "wanda") -> dict:
+    """ECoFLaP 2:4 at ``target`` (< 50%): score vs uniform block choice, and plain 2:4, per seed (no recovery)."""
+    import mope_deploy
+    from mope_deploy.sparsity import Calibration, SparsifySpec, sparsify
+
+    dense = mope_deploy.load("demo")
+    test = _test_set(dense)
+    rows = []
+    for seed in seeds:
+        calib = Calibration(*_pairs(dense, 100_000 + 128 * seed, 128))
+        for label, spec in (("score", SparsifySpec(method="ecoflap", pattern="2:4", sparsity=target, local=local,
+                                                   nm_blocks="score", seed=seed)),
+                            ("uniform", SparsifySpec(method="ecoflap", pattern="2:4", sparsity=target, local=local,
+                                                     nm_blocks="uniform", seed=seed)),
+                            ("all blocks 2:4 (50%)", SparsifySpec(method=local, pattern="2:4", seed=seed))):
+            t0 = time.time()
+            m = copy.deepcopy(dense)
+            rep = sparsify(m, spec, calib, progress=False)
+            rows.append({"seed": seed, "choice": label, "recall_mean": round(_recall(m, test), 2),
+                         "achieved": round(rep["sparsity"], 4),
+                         "nm_blocks": {t: [b > 0 for b in rep["towers"][t]["blocks"]] for t in ("vision", "text")},
+                         "seconds": round(time.time() - t0, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    summary = {}
+    for label in ("score", "uniform", "all blocks 2:4 (50%)"):
+        v = [r["recall_mean"] for r in rows if r["choice"] == label]
+        summary[label] = {"mean": round(statistics.mean(v), 2), "min": min(v), "max": max(v), "n": len(v)}
+    return {"model": "demo", "target": target, "local": local, "dense": round(_recall(dense, test), 2),
+            "rows": rows, "summary": summary}
+
+
+def zo_spread(seeds: list[int], counts: list[int]) -> dict:
+    """Largest between-seed spread of ECoFLaP's allocated block ratio, per number of zeroth-order perturbations."""
+    import mope_deploy
+    from mope_deploy.sparsity import Calibration, SparsifySpec, sparsify
+
+    dense = mope_deploy.load("demo")
+    out = {}
+    for n in counts:
+        ratios, t0 = [], time.time()
+        for seed in seeds:
+            calib = Calibration(*_pairs(dense, 100_000 + 128 * seed, 128))
+            rep = sparsify(copy.deepcopy(dense), SparsifySpec(method="ecoflap", sparsity=0.5, max_block_sparsity=0.6,
+                                                              zo_samples=n, seed=seed), calib, progress=False)
+            ratios.append([r for t in ("vision", "text") for r in rep["allocated"][t]])
+        per_block = [max(col) - min(col) for col in zip(*ratios)]
+        between = [max(r) - min(r) for r in ratios]
+        out[str(n)] = {"max_seed_spread": round(max(per_block), 4), "mean_seed_spread": round(statistics.mean(per_block), 4),
+                       "between_block_range": [round(b, 4) for b in between], "ratios": ratios,
+                       "seconds": round(time.time() - t0, 1)}
+        print(n, json.dumps({k: v for k, v in out[str(n)].items() if k != "ratios"}), flush=True)
+    return {"model": "demo", "sparsity": 0.5, "cap": 0.6, "seeds": seeds, "by_zo_samples": out}
+
+
+def _side_study(a) -> None:
+    import os
+
+    from mope_deploy.atomic import atomic_write_text
+
+    seeds = [int(x) for x in a.seeds.split(",")]
+    load0 = os.getloadavg()
+    res = (nm_choice(seeds, a.target, a.local) if a.nm_choice
+           else zo_spread(seeds, [int(x) for x in a.zo.split(",")]))
+    res.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), threads=a.threads,
+               loadavg_start=[round(x, 2) for x in load0], loadavg_end=[round(x, 2) for x in os.getloadavg()])
+    name = "sparsity_nm_choice.json" if a.nm_choice else "sparsity_zo_spread.json"
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / name, json.dumps(res, indent=1))
+    print(json.dumps(res.get("summary", {}), indent=1))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1")
@@ -176,8 +258,15 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--later-seeds-settings", default=None,
                     help="seeds after the first run only these settings (e.g. 50%%,60%%); default: all")
+    ap.add_argument("--nm-choice", action="store_true", help="side study: ECoFLaP's n:m block choice vs uniform")
+    ap.add_argument("--target", type=float, default=0.4, help="--nm-choice: global sparsity (< 0.5)")
+    ap.add_argument("--local", default="wanda", help="--nm-choice: method inside the blocks")
+    ap.add_argument("--zo-spread", action="store_true", help="side study: ratio spread vs zeroth-order samples")
+    ap.add_argument("--zo", default="4,16", help="--zo-spread: perturbation counts")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.nm_choice or a.zo_spread:
+        return _side_study(a)
     seeds = [int(s) for s in a.seeds.split(",")]
     models = a.models.split(",")
     t0 = time.time()

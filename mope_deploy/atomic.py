@@ -153,13 +153,26 @@ def no_room_cause(e: BaseException) -> OSError | None:
     return None
 
 
-def _no_room(target: Path, e: BaseException) -> None:
-    """Raise an :class:`OutputPathError` naming ``target`` and the cause when ``e`` is a full disk (else nothing)."""
+class NoRoomError(OutputPathError):
+    """A write that failed because the disk (quota, file-size limit) is full; names the output and the cause."""
+
+    def __init__(self, target: Path, cause: OSError):
+        self.target, self.cause = Path(target), cause
+        super().__init__(f"cannot write {target}: {cause.strerror} ({errno.errorcode.get(cause.errno, '?')}); "
+                         f"nothing was replaced, its previous content is unchanged: free disk space (or raise the "
+                         f"file-size limit) and run the command again")
+
+
+def _no_room(target: Path, e: BaseException, tmp: Path | None = None) -> None:
+    """Raise :class:`NoRoomError` for ``target`` when ``e`` is a full disk (a file inside this write's temporary
+    folder ``tmp`` is reported as ``target``, the output the user named); otherwise do nothing."""
+    if isinstance(e, NoRoomError):
+        if tmp is not None and (e.target == tmp or tmp in e.target.parents):
+            raise NoRoomError(target, e.cause) from e
+        return
     cause = None if isinstance(e, MopeError) else no_room_cause(e)
     if cause is not None:
-        raise OutputPathError(f"cannot write {target}: {cause.strerror} ({errno.errorcode.get(cause.errno, '?')}); "
-                              f"nothing was replaced, its previous content is unchanged: free disk space (or raise "
-                              f"the file-size limit) and run the command again") from e
+        raise NoRoomError(target, cause) from e
 
 
 # ------------------------------------------------------------------------------ live temporaries and signals
@@ -363,7 +376,7 @@ def atomic_dir(target: str | Path, owner: Owner = NEW_ONLY, force: bool = False)
             _replace(tmp, target)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            _no_room(target, e)
+            _no_room(target, e, tmp)
             raise
 
 

@@ -142,43 +142,34 @@ def paper_table(results: Sequence[dict[str, Any]], configs: dict[str, CLIPConfig
     return out
 
 
-def run_paper(backends: Sequence[str] = ("torch",), batch: int | None = None, warmup: int = 1, iters: int = 5,
-              threads: int | None = None, device: str | None = None, teacher: CLIPConfig | str = TEACHER,
-              reference: str | None = None, timer: Callable[[], float] | None = None,
-              on_step: Callable[[str], None] | None = None, on_iter: Callable[[], None] | None = None,
-              seed: int = 0, interleave: bool = True) -> dict[str, Any]:
+def run_paper(backends: Sequence[str] = ("torch",), settings: Any = None, *, teacher: CLIPConfig | str = TEACHER,
+              reference: str | None = None, on_step: Callable[[str], None] | None = None,
+              on_iter: Callable[[], None] | None = None, seed: int = 0) -> dict[str, Any]:
     """Build the four Table 7 architectures from ``teacher`` (random weights), benchmark them on every
     backend at one batch size, and return the bench report plus ``paper_table``.
 
-    ``reference="open_clip"`` also times the teacher in open_clip eager (only for an open_clip name).
-    ``interleave`` (default) keeps every model open and times them round-robin, so machine load hits all
+    ``settings``: a :class:`~.run.BenchSettings` (default: warm-up 1, 5 timed calls, one batch: 64 on a GPU, 8 on
+    a CPU, interleaved). ``reference="open_clip"`` also times the teacher in open_clip eager (only for an open_clip
+    name). Interleaving (the default) keeps every model open and times them round-robin, so machine load hits all
     alike; it needs memory for all of them at once (about 5 GB for ViT-L/14 shapes in torch).
     """
-    import torch
-
     from ..models import load_config
     from ..models.registry import resolve
-    from ..models.slim_clip import SlimCLIP
-    from .run import run_bench
+    from .run import BenchSettings, run_bench
 
     if reference is not None and (reference != "open_clip" or not isinstance(teacher, str)
                                   or resolve(teacher) is not None):
         raise BenchError("reference takes 'open_clip' and needs the teacher as an open_clip name (e.g. ViT-L-14)")
-    dev = device or default_device()
-    batch = batch or default_batch(dev)
+    s = settings or BenchSettings(warmup=1, iters=5)
+    dev = s.device or default_device()
+    batch = (s.batch_sizes or [default_batch(dev)])[0]
+    s = s.replace(device=dev, batch_sizes=[batch], interleave=True if s.interleave is None else s.interleave)
     teacher_cfg = load_config(teacher) if isinstance(teacher, str) else teacher
     configs = paper_configs(teacher_cfg)
-    def factory(cfg: CLIPConfig, i: int) -> Callable[[], SlimCLIP]:
-        def build() -> SlimCLIP:
-            torch.manual_seed(seed + i)
-            return SlimCLIP(cfg).eval()
-        return build
-
     # built one at a time inside run_bench: four ViT-L-sized models at once do not fit a small machine
-    models = [factory(cfg, i) for i, cfg in enumerate(configs.values())]
+    models = [_factory(cfg, seed + i) for i, cfg in enumerate(configs.values())]
     ref_label = f"{teacher} (open_clip eager)" if reference else None
-    report = run_bench(models, backends, [batch], warmup=warmup, iters=iters, threads=threads, device=dev,
-                       labels=list(configs), timer=timer, on_step=on_step, on_iter=on_iter, interleave=interleave,
+    report = run_bench(models, backends, s, labels=list(configs), on_step=on_step, on_iter=on_iter,
                        extra_runs=[(teacher, ref_label, "open_clip")] if reference else ())
     del models
     ref_ms = None
@@ -186,16 +177,27 @@ def run_paper(backends: Sequence[str] = ("torch",), batch: int | None = None, wa
         ref_ms = sum(r["median_ms"] for r in report["results"] if r["model"] == ref_label)
         report["reference"] = {"backend": "open_clip", "model": teacher, "label": ref_label, "batch": batch,
                                "latency_ms": ref_ms}
-    rows = [r for b in backends for r in paper_table(report["results"], configs, b, batch, ref_ms)]
-    report["paper_table"] = rows
+    report["paper_table"] = [r for b in backends for r in paper_table(report["results"], configs, b, batch, ref_ms)]
     report["paper"] = {"batch": batch, "paper_batch": PAPER_BATCH, "paper_device": "NVIDIA V100, PyTorch, batch 64",
                        "backend": backends[0] if len(backends) == 1 else None, "backends": list(backends),
                        "device": dev, "teacher": teacher if isinstance(teacher, str) else "custom",
                        "note": (f"CPU run: batch {batch} instead of the paper's {PAPER_BATCH}" if batch != PAPER_BATCH
                                 else "batch as in the paper"),
                        "latency": "vision + text median at the same batch (random weights; shapes of Table 5)",
-                       "interleaved": interleave}
+                       "interleaved": s.interleave}
     return report
+
+
+def _factory(cfg: CLIPConfig, seed: int) -> Callable[[], Any]:
+    def build():
+        import torch
+
+        from ..models.slim_clip import SlimCLIP
+
+        torch.manual_seed(seed)
+        return SlimCLIP(cfg).eval()
+
+    return build
 
 
 def paper_markdown(report: dict[str, Any]) -> str:

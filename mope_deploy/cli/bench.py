@@ -94,7 +94,7 @@ def bench(
 ) -> None:
     """Time encoders: median / p90 / min latency and throughput per tower, with params and GFLOPs."""
     from ..bench.request import BenchRequest, run_request
-    from ..bench.run import parse_batch_sizes, parse_list, write_json
+    from ..bench.run import BenchSettings, parse_batch_sizes, parse_list, write_json
 
     with user_errors():
         if plot is not None and plot.suffix.lower() != ".png":
@@ -105,10 +105,11 @@ def bench(
             ort_opts = SessionSettings.parse(ort_settings, threads=threads) if ort_settings else None
         except ValueError as e:
             raise UsageError(f"--ort-settings: {e}") from None
-        request = BenchRequest(models=list(models or ()), backends=parse_list(backend, "backend"),
-                               batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes else None, warmup=warmup,
-                               iters=iters, threads=threads, device=device, ort_settings=ort_opts, paper=paper,
-                               teacher=teacher, reference=reference, interleave=interleave).check()
+        settings = BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes else None,
+                                 warmup=warmup, iters=iters, threads=threads, device=device, interleave=interleave,
+                                 ort_settings=ort_opts)
+        request = BenchRequest(models=list(models or ()), backends=parse_list(backend, "backend"), settings=settings,
+                               paper=paper, teacher=teacher, reference=reference).check()
         if request.notice():
             console.print(f"[yellow]{request.notice()}[/]")
         with _progress(quiet) as prog:

@@ -97,6 +97,7 @@ class OpenVINOExportConfig:
     calibration_batch: int = 8
     ignored: tuple[str, ...] = ()
     auto_ignore: bool = True
+    smooth_quant: bool = False
     inference_precision: str = "f32"
     threads: int | None = None
     time_batch: int = 8
@@ -152,31 +153,36 @@ def convert_to_ir(onnx_path: str | Path, xml: str | Path) -> dict[str, Any]:
 
 
 def quantize_ir(fp32_xml: str | Path, int8_xml: str | Path, batches: Sequence[np.ndarray],
-                ignored: Sequence[str] = ()) -> dict[str, Any]:
+                ignored: Sequence[str] = (), smooth_quant: bool = False) -> dict[str, Any]:
     """NNCF post-training int8 (``model_type=TRANSFORMER``) of an fp32 IR, calibrated on ``batches`` (one
-    input array per batch); ``ignored``: op names kept fp32."""
+    input array per batch); ``ignored``: op names kept fp32. ``smooth_quant`` off by default: on the demo
+    teacher it cut the mean cosine vs fp32 from 0.99989 to 0.99933 (vision) and from 0.99993 to 0.99777 (text),
+    min 0.983, and it changes no kernel."""
     ov = require_openvino(int8=True)
     import logging
 
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     batches = [np.ascontiguousarray(b) for b in batches]
     if not batches:
         raise ValueError("no calibration batches: give --eval-data")
     scope = nncf.IgnoredScope(names=list(ignored), validate=False) if ignored else None
+    advanced = None if smooth_quant else AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))  # a negative alpha turns it off
     m = ov.Core().read_model(str(fp32_xml))
     nncf_log = logging.getLogger("nncf")  # nncf logs every step at INFO on its own handler: quiet it, then restore
     level = nncf_log.level
     nncf_log.setLevel(logging.WARNING)
     try:
         q = nncf.quantize(m, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
-                          subset_size=len(batches), ignored_scope=scope)
+                          subset_size=len(batches), ignored_scope=scope, advanced_parameters=advanced)
     finally:
         nncf_log.setLevel(level)
     ov.save_model(q, str(int8_xml), compress_to_fp16=False)
     return {"method": "nncf.quantize", "model_type": "TRANSFORMER", "nncf": nncf.__version__,
             "calibration_batches": len(batches), "calibration_inputs": int(sum(len(b) for b in batches)),
-            "ignored": list(ignored)}
+            "smooth_quant": smooth_quant, "ignored": list(ignored)}
 
 
 def sensitive_ops(xml: str | Path) -> list[str]:
@@ -312,8 +318,8 @@ def _fp32_variant(model: Any, root: Path, onnx_files: dict[str, Path], inputs: _
 
 def _int8_try(root: Path, inputs: _Inputs, config: OpenVINOExportConfig, ignored: dict[str, list[str]],
               fp32: dict[str, Any]) -> dict[str, Any]:
-    method = {t: quantize_ir(root / ir_name(t, FP32), root / ir_name(t, INT8), inputs.calib[t], ignored[t])
-              for t in TOWERS}
+    method = {t: quantize_ir(root / ir_name(t, FP32), root / ir_name(t, INT8), inputs.calib[t], ignored[t],
+                             config.smooth_quant) for t in TOWERS}
     compiled = _compile_all(root, INT8, config)
     rec: dict[str, Any] = {"files": ir_files(INT8), "precision": "int8", "runtimes": ["openvino"],
                            "inference_precision": config.inference_precision, "made_from": FP32,
@@ -444,7 +450,7 @@ def export_openvino(model: Any, root: str | Path, onnx_files: dict[str, Path], e
 def add_to_bundle(root: str | Path, model: Any, ev: Any = None, config: OpenVINOExportConfig | None = None,
                   say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """:func:`export_openvino` on an existing bundle (its fp32 ONNX graphs; its ONNX Runtime int8 variant, when
-    present, is the per-tower alternative), recorded in its manifest: the IR variants in ``variants``, the
+    present and batch-invariant, is the per-tower alternative), recorded in its manifest: the IR variants in ``variants``, the
     refused ones in ``refused_variants``, the per-tower choice in ``runtime["openvino"]``. Returns the record."""
     from ..bundle import Bundle, Variant
 
@@ -452,7 +458,8 @@ def add_to_bundle(root: str | Path, model: Any, ev: Any = None, config: OpenVINO
     m = b.manifest
     onnx_files = {t: b.root / m.variants["fp32"].files[t] for t in TOWERS}
     ort = m.variants.get("int8")
-    ort_int8 = ("int8", {t: b.root / ort.files[t] for t in TOWERS}) if ort is not None else None
+    # only a batch-invariant int8 graph may stand in for the IR: the backend's embeddings must not move with the batch
+    ort_int8 = ("int8", {t: b.root / ort.files[t] for t in TOWERS}) if ort is not None and ort.batch_invariant else None
     rec = export_openvino(model, b.root, onnx_files, ev, config, ort_int8, say)
     for name in VARIANTS:
         m.variants.pop(name, None)

@@ -28,8 +28,8 @@ from .collection import Collection, embed_captions, embed_chunk, load_collection
 from .errors import ServeError
 from .index import EmbeddingIndex, write_index
 from .search import APPROX_MIN_ITEMS, KINDS, approx_recall, resolve_kind
-from .store import (ADDED_PREFIX, STORED_DIR, WAL_FILE, IndexWriteError, Item, index_owner, is_index, new_meta,
-                    write_error)
+from .store import (ADDED_PREFIX, STORED_DIR, WAL_FILE, WRITE_FAILURES, IndexFileError, IndexWriteError, Item,
+                    index_owner, is_index, new_meta, write_error)
 
 __all__ = ["IndexJob", "RayOptions", "build", "build_index", "compact", "check_out", "partial_dir",
            "auto_chunk_size", "Collection", "load_collection", "embed_chunk", "embed_captions", "MIN_CHUNKS"]
@@ -162,6 +162,9 @@ def build(job: IndexJob, log: Callable[[str], None] | None = None) -> dict[str, 
 
 def compact(root: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`mope index --compact INDEX`: fold the write-ahead log into the index files (atomically)."""
+    if not Path(root).is_dir():
+        raise IndexFileError(f"{root} does not exist or is not a folder; --compact takes the folder of an index "
+                             "built with `mope index`")
     index = EmbeddingIndex.open(root, compact_over=None)
     summary = index.compact()
     h = index.health()
@@ -255,7 +258,7 @@ def _commit_chunk(path: Path, emb: np.ndarray, kept: list[int], bad: list[tuple[
             np.savez(f, emb=emb, kept=np.asarray(kept, np.int64),
                      cap=cap_emb if cap_emb is not None else np.zeros((0, width), np.float32),
                      bad=np.asarray(json.dumps(bad)))
-    except OSError as e:
+    except WRITE_FAILURES as e:
         raise write_error(path, e, "committing a chunk of the index build") from None
 
 
@@ -328,6 +331,6 @@ def _prepare_work(work: Path, plan: dict[str, Any], say: Callable[[str], None]) 
     (work / "chunks").mkdir()
     try:
         atomic_write_text(plan_file, json.dumps(plan, indent=2))
-    except OSError as e:
+    except WRITE_FAILURES as e:
         remove_work_dir(work)
         raise write_error(plan_file, e, "starting the index build") from None

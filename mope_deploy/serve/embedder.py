@@ -26,6 +26,7 @@ WARM_TEXTS = ["a photo of a red star on a striped background", "warm-up"]
 MIN_SAVING = 0.10
 #: the cost sweep stops once one batch takes this long (a big model measures fewer sizes)
 SWEEP_BATCH_S = 1.0
+HOP_SAMPLES = 21
 
 
 @dataclass
@@ -137,18 +138,20 @@ def knee_batch(cost_per_input: dict[int, float], max_batch: int) -> int:
     return cap
 
 
-def measure_costs(run: Callable[[int], Any], max_batch: int, repeats: int = 3) -> dict[int, float]:
-    """Seconds per input of ``run(batch)`` at batch 1, 2, 4, ... (best of ``repeats``), until ``max_batch``, or a
-    batch takes :data:`SWEEP_BATCH_S`, or doubling stopped paying (the next size cannot change the knee)."""
+def measure_costs(run: Callable[[int], Any], max_batch: int, repeats: int = 3, overhead_s: float = 0.0,
+                  clock: Callable[[], float] = time.perf_counter) -> dict[int, float]:
+    """Seconds per input of ``run(batch)`` plus ``overhead_s`` (the server's cost per batch: the hop to the encoder
+    thread and back) at batch 1, 2, 4, ... (best of ``repeats``), until ``max_batch``, or a batch takes
+    :data:`SWEEP_BATCH_S`, or doubling stopped paying (the next size cannot change the knee)."""
     costs: dict[int, float] = {}
     b = 1
     while b <= max_batch:
         best = float("inf")
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = clock()
             run(b)
-            best = min(best, time.perf_counter() - t0)
-        costs[b] = best / b
+            best = min(best, clock() - t0)
+        costs[b] = (best + overhead_s) / b
         if best > SWEEP_BATCH_S or knee_batch(costs, max_batch) < b:
             break
         b *= 2
@@ -229,22 +232,29 @@ class LocalEmbedder:
         first request); under the adaptive policy, also measure each tower's cost per input and cap its batches."""
         import asyncio
 
-        self.warm_info = await asyncio.get_running_loop().run_in_executor(self.executor, self._warm)
+        loop = asyncio.get_running_loop()
+        hops = []
+        for _ in range(HOP_SAMPLES):                    # the per-batch cost of the thread hop, as requests pay it
+            t0 = time.perf_counter()
+            await loop.run_in_executor(self.executor, int)
+            hops.append(time.perf_counter() - t0)
+        self.warm_info = await loop.run_in_executor(self.executor, self._warm, sorted(hops)[len(hops) // 2])
         return self.warm_info
 
-    def _warm(self) -> dict[str, Any]:
+    def _warm(self, overhead_s: float = 0.0) -> dict[str, Any]:
         from PIL import Image
 
         t0 = time.perf_counter()
         pixels = self.preprocess(Image.new("RGB", (64, 48), (120, 30, 200)))
         self._run_texts(WARM_TEXTS)
         self._run_images([pixels])
-        info: dict[str, Any] = {"warm_s": round(time.perf_counter() - t0, 3)}
+        info: dict[str, Any] = {"warm_s": round(time.perf_counter() - t0, 3),
+                                "batch_overhead_ms": round(overhead_s * 1000, 3)}
         if self.settings.policy == "adaptive":
             runs = {"text": lambda b: self._run_texts((WARM_TEXTS * b)[:b]),
                     "image": lambda b: self._run_images([pixels] * b)}
             for name, run in runs.items():
-                costs = measure_costs(run, self.settings.max_batch)
+                costs = measure_costs(run, self.settings.max_batch, overhead_s=overhead_s)
                 cap = knee_batch(costs, self.settings.max_batch)
                 getattr(self, name).max_batch = cap
                 info[name] = {"cap": cap, "ms_per_input": {b: round(c * 1000, 3) for b, c in costs.items()}}

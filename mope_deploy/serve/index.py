@@ -25,9 +25,9 @@ from .identity import model_fingerprint
 from .search import (APPROX_MIN_ITEMS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, KINDS, approx_recall, as_rows,
                      filled, make_faiss, resolve_kind)
 from .store import (ADDED_PREFIX, CAPTIONS_FAISS, CAPTIONS_FILE, FORMAT, FORMAT_VERSION, IMAGES_FAISS, ITEMS_FILE,
-                    META_FILE, REJECTED_FILE, STORED_DIR, WAL_FILE, DuplicateIdError, IndexFileError, IndexWriteError,
-                    Item, check_fingerprint, index_owner, is_index, locked, new_meta, read_data, read_meta,
-                    remove_other_generations, require_faiss, write_data, write_error)
+                    META_FILE, REJECTED_FILE, STORED_DIR, WAL_FILE, WRITE_FAILURES, DuplicateIdError, IndexFileError,
+                    IndexWriteError, Item, check_fingerprint, index_owner, is_index, locked, new_meta, read_data,
+                    read_meta, remove_other_generations, require_faiss, write_data, write_error)
 
 __all__ = [
     "EmbeddingIndex", "Item", "Hit", "DuplicateIdError", "IndexFileError", "IndexWriteError", "model_fingerprint",
@@ -265,7 +265,7 @@ class EmbeddingIndex:
                     atomic_write_bytes(self.root / rel, data)
                     r.item.source = {"type": "stored", "path": rel}
             wal.append(self.root, records)
-        except OSError as e:
+        except WRITE_FAILURES as e:
             for p in written:
                 p.unlink(missing_ok=True)
             raise write_error(written[-1] if written else self.root / WAL_FILE, e, "adding to the index") from None
@@ -312,7 +312,7 @@ class EmbeddingIndex:
                 step("written")
                 from ..atomic import atomic_write_text
                 atomic_write_text(self.root / META_FILE, json.dumps(meta, indent=2))
-            except OSError as e:
+            except WRITE_FAILURES as e:
                 remove_other_generations(self.root, old)
                 raise write_error(self.root, e, f"compacting index {self.root}") from None
             step("committed")
@@ -378,6 +378,6 @@ def write_index(out: str | Path, meta: dict[str, Any], image_emb: np.ndarray, it
                     except OSError:
                         shutil.copy2(p, tmp / STORED_DIR / p.name)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-    except OSError as e:
+    except WRITE_FAILURES as e:
         raise write_error(out, e, f"writing index {out}") from None
     return Path(out)

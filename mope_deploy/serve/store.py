@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..atomic import NoRoomError
 from .errors import ServeError
 
 FORMAT = "mope-index"
@@ -57,7 +58,16 @@ class IndexWriteError(IndexFileError):
     changed (the HTTP layer may answer 507)."""
 
 
-def write_error(path: str | Path, e: OSError, what: str) -> IndexWriteError:
+#: what a failed write raises: an OSError, or atomic's NoRoomError (a full disk, already named)
+WRITE_FAILURES: tuple[type[BaseException], ...] = (OSError, NoRoomError)
+
+
+def write_error(path: str | Path, e: BaseException, what: str) -> IndexWriteError:
+    """One message for a failed write: ``what`` failed, the file, the cause (errno name), and that nothing changed."""
+    if isinstance(e, NoRoomError):
+        path, e = e.target, e.cause
+    if not isinstance(e, OSError):
+        return IndexWriteError(f"{what}: cannot write {path}: {e}")
     cause = e.strerror or str(e)
     if e.errno is not None:
         import errno

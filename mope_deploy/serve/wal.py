@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .store import REJECTED_FILE, WAL_FILE, IndexFileError, Item, write_error
+from .store import REJECTED_FILE, WAL_FILE, WRITE_FAILURES, IndexFileError, Item, write_error
 
 #: a record longer than this is garbage (an image's bytes live in images/, not in the record)
 MAX_RECORD_BYTES = 16 << 20
@@ -195,7 +195,7 @@ def set_aside(root: Path, found: Scan) -> Path:
                 os.close(fd)
         with atomic_file(root / WAL_FILE) as f:
             f.write(b"".join(found.raw))
-    except OSError as e:
+    except WRITE_FAILURES as e:
         raise write_error(rejected, e, "setting aside damaged write-ahead log records") from None
     return rejected
 

@@ -183,7 +183,9 @@ def _allocate(model, spec: SparsifySpec, calib: Calibration, pattern: Pattern, s
               advance) -> Allocation:
     """ECoFLaP's coarse step: block scores, then the per-block sparsity (unstructured) or the n:m blocks."""
     towers = tuple(spec.towers)
-    if spec.scores == "zeroth":
+    if pattern.structured and (spec.nm_blocks == "uniform" or s >= pattern.sparsity - 1e-9):
+        scores = {}  # no scoring pass: the score-free choice, or every block is n:m anyway
+    elif spec.scores == "zeroth":
         samples = spec.zo_samples or ZO_SAMPLES
         scores = zeroth_order_scores(model, calib, towers, spec.batch_size, spec.eps, spec.seed, advance, samples)
     else:

@@ -6,6 +6,7 @@ import pytest
 
 from mope_deploy.bench.paper import (PAPER_MODELS, default_batch, kept_blocks, paper_configs, paper_markdown,
                                      paper_table, run_paper, student_config)
+from mope_deploy.bench.run import BenchSettings
 from mope_deploy.models import load_config, model_stats
 from mope_deploy.models.tiny import tiny_config
 
@@ -95,8 +96,8 @@ def test_run_paper_on_tiny_stand_in_with_fake_timer():
         clock["t"] += 0.0005
         return clock["t"]
 
-    report = run_paper(["torch"], batch=2, warmup=0, iters=2, threads=1, device="cpu", teacher=stand_in(),
-                       timer=timer)
+    report = run_paper(["torch"], BenchSettings([2], warmup=0, iters=2, threads=1, device="cpu", timer=timer),
+                       teacher=stand_in())
     rows = report["paper_table"]
     assert [r["model"] for r in rows] == [m.name for m in PAPER_MODELS]
     assert all(r["latency_ms"] == pytest.approx(1.0) and r["speedup"] == pytest.approx(1.0) for r in rows)
@@ -105,4 +106,4 @@ def test_run_paper_on_tiny_stand_in_with_fake_timer():
     assert "instead of the paper's 64" in report["paper"]["note"]
     assert len(report["results"]) == 4 * 2
     with pytest.raises(ValueError, match="open_clip name"):
-        run_paper(["torch"], batch=1, teacher=stand_in(), reference="open_clip")
+        run_paper(["torch"], BenchSettings([1]), teacher=stand_in(), reference="open_clip")

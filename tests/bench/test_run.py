@@ -7,14 +7,14 @@ import json
 import pytest
 
 from mope_deploy.bench.plot import model_points, plot_latency
-from mope_deploy.bench.run import parse_batch_sizes, parse_list, run_bench, write_json
+from mope_deploy.bench.run import BenchSettings, parse_batch_sizes, parse_list, run_bench, write_json
 from mope_deploy.models import load_config, model_stats
 from mope_deploy.runtime import BackendUnavailableError
 
 
 def test_rows_cover_every_combination_and_are_consistent(tiny_dir, tmp_path):
-    report = run_bench([str(tiny_dir)], ["torch", "onnxruntime"], [1, 3], warmup=1, iters=2, threads=1,
-                       device="cpu")
+    report = run_bench([str(tiny_dir)], ["torch", "onnxruntime"],
+                       BenchSettings([1, 3], warmup=1, iters=2, threads=1, device="cpu"))
     rows = report["results"]
     assert len(rows) == 1 * 2 * 2 * 2
     assert {(r["backend"], r["batch"], r["tower"]) for r in rows} == {
@@ -58,7 +58,7 @@ def test_parsing_and_bad_input(tiny_dir):
     with pytest.raises(ValueError, match="no MODEL"):
         run_bench([], ["torch"])
     with pytest.raises(ValueError, match="unknown tower"):
-        run_bench([str(tiny_dir)], ["torch"], towers=["audio"])
+        run_bench([str(tiny_dir)], ["torch"], BenchSettings(towers=["audio"]))
 
 
 def test_unavailable_backend_names_the_available_ones(tiny_dir, monkeypatch):
@@ -81,6 +81,6 @@ def test_lazy_model_factories_are_built_in_turn(tiny_dir):
         built.append(1)
         return load(str(tiny_dir))
 
-    report = run_bench([make, make], ["torch"], [2], warmup=0, iters=1, threads=1, device="cpu", labels=["a", "b"],
-                       towers=["text"])
+    report = run_bench([make, make], ["torch"], BenchSettings([2], warmup=0, iters=1, threads=1, device="cpu",
+                                                             towers=["text"]), labels=["a", "b"])
     assert len(built) == 2 and [r["model"] for r in report["results"]] == ["a", "b"]

@@ -70,3 +70,18 @@ def test_int8_with_eval_data(model_dir, tmp_path, flickr_dir):
     m = json.loads((out / "manifest.json").read_text())
     assert m["eval"]["n_images"] == 6 and m["variants"]["int8"]["recall_gate"] == "passed"
     assert "Recall Mean" in r.output and "vs fp32" in r.output
+
+
+def test_out_policy_refuses_a_users_folder_and_force_only_replaces_after_the_gates(model_dir, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    base = ["export", str(model_dir), "--out", str(out), "--exporter", "legacy", "--no-optimize", "--no-fused"]
+    r = runner.invoke(app, base)
+    assert r.exit_code == 2 and "notes.txt" in " ".join(r.output.split())
+    r = runner.invoke(app, [*base, "--force", "--atol", "1e-12"])  # refused by the parity gate: nothing replaced
+    assert r.exit_code == 2 and "parity" in " ".join(r.output.split()).lower()
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
+    r = runner.invoke(app, [*base, "--force"])
+    assert r.exit_code == 0, r.output
+    assert not (out / "notes.txt").exists() and json.loads((out / "manifest.json").read_text())["schema_version"] == 3

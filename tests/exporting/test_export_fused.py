@@ -20,7 +20,7 @@ def setup(tmp_path_factory):
 
 
 def test_fused_graphs_are_written_by_default_and_used_by_the_runtime(setup):
-    from mope_deploy.bench.run import run_bench
+    from mope_deploy.bench.run import BenchSettings, run_bench
     from mope_deploy.runtime import open_encoder
     from mope_deploy.runtime.ort_settings import SessionSettings
 
@@ -41,7 +41,7 @@ def test_fused_graphs_are_written_by_default_and_used_by_the_runtime(setup):
     assert d["session_settings"] == {**settings.to_dict(), "intra_op_threads": 1}
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
     assert np.abs(enc.run_images(x) - ort_run(out / "image_encoder.onnx", x)).max() < 1e-4
-    rep = run_bench([out], ["onnxruntime"], [2], warmup=0, iters=1, threads=1, ort_settings=settings)
+    rep = run_bench([out], ["onnxruntime"], BenchSettings([2], warmup=0, iters=1, threads=1, ort_settings=settings))
     assert rep["settings"]["ort_settings"]["graph_optimization"] == "extended"
     assert rep["encoders"][0]["variant"] == "fused"
 

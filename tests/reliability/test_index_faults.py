@@ -157,3 +157,18 @@ def test_cli_refuses_a_users_folder_named_like_the_work_folder(tmp_path):
     (watch / ".out.partial" / "notes.txt").write_text("mine")
     cli(["index", "synthetic:val", "--model", "demo", "--out", watch / "out", "-q"], ".out.partial",
         "did not create", watch=watch)
+
+
+def test_cli_output_policy_of_mope_index(tmp_path):
+    watch = tmp_path / "w"
+    (watch / "mine").mkdir(parents=True)
+    (watch / "mine" / "notes.txt").write_text("keep")
+    cli(["index", "synthetic:val", "--model", "demo", "--out", watch / "mine", "-q"], "notes.txt",
+        "mope did not write", watch=watch)
+    live = _live_index(watch)
+    cli(["index", "synthetic:val", "--model", "demo", "--out", live, "-q"], "added at runtime", "--force",
+        watch=watch)
+    cli(["index", "--compact", watch / "typo"], "typo", "does not exist", watch=watch)
+    cli(["index", "synthetic:val", "--model", "demo", "-q"], "missing --out", watch=watch)
+    cli(["index", "synthetic:val", "--model", "demo", "--out", watch / "x", "--ray", "--ray-timeout", "0"],
+        "--ray-timeout", watch=watch)

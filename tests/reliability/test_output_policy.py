@@ -58,6 +58,15 @@ def _user_folder(path: Path) -> None:
     (path / "data" / "x.bin").write_bytes(os.urandom(64))
 
 
+def _occupied(tmp_path: Path, what: str) -> tuple[Path, Path]:
+    """A watched folder holding the user's file or folder at the output path ``out``."""
+    area = tmp_path / "area"
+    area.mkdir()
+    out = area / "out"
+    (_user_file if what == "file" else _user_folder)(out)
+    return area, out
+
+
 @pytest.fixture
 def data(caption_csv, noise_images):
     return caption_csv(noise_images(4), [["a red square"], ["a blue circle"], ["a green line"], ["a dot"]])
@@ -67,10 +76,7 @@ def data(caption_csv, noise_images):
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_refuses_a_users_file_or_folder(command, what, good_model, data, tmp_path):
     kind, run, _ = COMMANDS[command]
-    area = tmp_path / "area"
-    area.mkdir()
-    out = area / "out"
-    (_user_file if what == "file" else _user_folder)(out)
+    area, out = _occupied(tmp_path, what)
     needle = FORCE_WORDS if (what == "file" or kind == "folder") else "is a folder"
     cli(run(good_model, out, data), str(out), needle, watch=area)
 
@@ -79,10 +85,7 @@ def test_refuses_a_users_file_or_folder(command, what, good_model, data, tmp_pat
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_force_keeps_the_old_content_when_the_new_output_fails(command, what, good_model, data, tmp_path):
     kind, _, fail = COMMANDS[command]
-    area = tmp_path / "area"
-    area.mkdir()
-    out = area / "out"
-    (_user_file if what == "file" else _user_folder)(out)
+    area, out = _occupied(tmp_path, what)
     before = tree(area)
     cli([*fail(good_model, out, data), "--force"], watch=area)
     assert tree(area) == before
@@ -101,9 +104,6 @@ def test_writes_absent_then_replaces_its_own_output(command, good_model, data, t
 def test_compress_refuses_a_users_file_or_folder(what, tmp_path):
     """compress writes its run folder in place (it resumes), so it has --resume/--restart instead of --force:
     a folder that is not a mope run is refused before any work, and --restart does not change that."""
-    area = tmp_path / "area"
-    area.mkdir()
-    out = area / "out"
-    (_user_file if what == "file" else _user_folder)(out)
+    area, out = _occupied(tmp_path, what)
     for extra in ([], ["--restart"]):
         cli(["compress", "demo", "--out", out, *extra], str(out), "choose another --out", watch=area)

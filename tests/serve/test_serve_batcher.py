@@ -132,16 +132,18 @@ def test_knee_batch_stops_where_doubling_stops_paying():
 def test_measure_costs_sweeps_until_the_knee():
     from mope_deploy.serve.embedder import knee_batch, measure_costs
 
-    calls = []
+    calls, clock = [], [0.0]
 
-    def run(b):                                          # fixed 4 ms + 1 ms per input: the knee is near 4-8
+    def run(b):                                          # 0.8 ms per batch + 1 ms per input (a simulated clock)
         calls.append(b)
-        time.sleep(0.004 + 0.001 * b)
+        clock[0] += 0.0008 + 0.001 * b
 
-    costs = measure_costs(run, max_batch=64, repeats=1)
-    assert list(costs) == sorted(costs) and min(costs) == 1
-    assert max(calls) < 64                               # stopped once doubling saved < 10%
-    assert 2 <= knee_batch(costs, 64) <= 16
+    costs = measure_costs(run, max_batch=64, repeats=2, clock=lambda: clock[0])
+    assert list(costs) == [1, 2, 4, 8] and costs[1] == pytest.approx(0.0018)
+    assert knee_batch(costs, 64) == 4                    # per input 1.8 -> 1.4 -> 1.2 -> 1.1 ms: 4 -> 8 saves 8%
+    assert max(calls) == 8                               # the sweep stopped once doubling stopped paying
+    with_overhead = measure_costs(run, max_batch=64, repeats=1, overhead_s=0.004, clock=lambda: clock[0])
+    assert knee_batch(with_overhead, 64) == 32           # a per-batch server cost favours bigger batches
 
 
 def test_adaptive_policy_caps_batches_from_the_encoder_and_never_waits():
@@ -162,8 +164,8 @@ def test_adaptive_policy_caps_batches_from_the_encoder_and_never_waits():
         def preprocess(self, image):
             return np.zeros((3, 2, 2), dtype=np.float32)
 
-        def run_texts(self, tokens):
-            time.sleep(0.002 * len(tokens))
+        def run_texts(self, tokens):                     # cost per input rises 15% per doubling: cap 1
+            time.sleep(0.003 * len(tokens) ** 1.2)
             return np.ones((len(tokens), 2), dtype=np.float32)
 
         run_images = run_texts
