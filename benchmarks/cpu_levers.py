@@ -8,7 +8,8 @@
 shipped demo teacher. Levers (ONNX Runtime unless said): plain fp32 graph, ORT transformer-optimised fp32,
 fused fp32 (one com.microsoft Attention per block), fused + ORT's other fusions (``-opt``), dynamic int8 of the
 optimised plain graph (the previous default), dynamic int8 of the fused graph without / with QAttention (and of
-fused-opt), static QDQ int8 (symmetric int8 activations,
+fused-opt), QAttention int8 with calibrated activation scales (``ort-int8-calibrated``: batch-invariant, the
+default int8), OpenVINO IR fp32 / NNCF int8 / NNCF int8 under the THROUGHPUT hint (``ov-*``), static QDQ int8 (symmetric int8 activations,
 TensorRT's form) and static QDQ uint8 (ORT CPU's form), the three static ones calibrated on ``--calib`` batches;
 torch eager fp32, torch bf16 (AVX-512 BF16 / AMX through oneDNN) and torch.compile (inductor) bf16. Each
 variant's embeddings are compared with the plain fp32 graph's (cosine).
@@ -28,7 +29,10 @@ from mope_deploy.bundle import onnx_name
 from mope_deploy.vocab import TOWERS
 
 ORT_LEVERS = ("ort-fp32", "ort-optimized", "ort-fused", "ort-fused-opt", "ort-int8-dynamic", "ort-int8-fused",
-              "ort-int8-qattention", "ort-int8-qattention-opt", "ort-int8-qdq-s8", "ort-int8-qdq-u8")
+              "ort-int8-qattention", "ort-int8-qattention-opt", "ort-int8-calibrated", "ort-int8-qdq-s8",
+              "ort-int8-qdq-u8")
+#: OpenVINO IR, f32 inference precision: fp32, NNCF int8 (latency hint), NNCF int8 with the throughput hint
+OV_LEVERS = ("ov-fp32", "ov-int8", "ov-int8-throughput")
 TORCH_LEVERS = ("torch-fp32", "torch-bf16", "torch-compile-bf16")
 
 
@@ -92,6 +96,11 @@ def make_graphs(model, work: Path, levers, calib: int, say) -> dict[str, dict[st
                 quantize_dynamic_int8(files["ort-fused"][tower], out[tower], attention=False)
             elif lever == "ort-int8-qattention":
                 quantize_dynamic_int8(files["ort-fused"][tower], out[tower], attention=True)
+            elif lever == "ort-int8-calibrated":
+                from mope_deploy.exporting.quantize import quantize_calibrated_int8
+
+                quantize_calibrated_int8(files["ort-fused"][tower], out[tower],
+                                         graph_inputs(model, tower, [8] * calib, seed=1))
             elif lever.startswith("ort-int8-qdq"):
                 batches = graph_inputs(model, tower, [8] * calib, seed=1)
                 quantize_static_qdq(src, out[tower], batches,
@@ -99,6 +108,18 @@ def make_graphs(model, work: Path, levers, calib: int, say) -> dict[str, dict[st
                                     symmetric_activations=lever.endswith("s8"))
             made[(lever, tower)] = round(time.perf_counter() - t0, 1)
         files[lever] = out
+    if any(lever.startswith("ov-") for lever in levers):
+        from mope_deploy.exporting import openvino as ovx
+
+        files["ov-fp32"] = {t: work / f"{t}.ov-fp32.xml" for t in TOWERS}
+        files["ov-int8"] = files["ov-int8-throughput"] = {t: work / f"{t}.ov-int8.xml" for t in TOWERS}
+        for t in TOWERS:
+            if not files["ov-fp32"][t].is_file():
+                say(f"make ov-fp32 {t}")
+                ovx.convert_to_ir(files["ort-fp32"][t], files["ov-fp32"][t])
+            if not files["ov-int8"][t].is_file():
+                say(f"make ov-int8 {t}")
+                ovx.quantize_ir(files["ov-fp32"][t], files["ov-int8"][t], graph_inputs(model, t, [8] * calib, seed=1))
     return files
 
 
@@ -139,7 +160,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--levers", default=",".join(ORT_LEVERS + TORCH_LEVERS))
+    ap.add_argument("--levers", default=",".join(ORT_LEVERS + OV_LEVERS + TORCH_LEVERS))
     ap.add_argument("--calib", type=int, default=4, help="calibration batches of 8 for the static QDQ levers")
     ap.add_argument("--work", type=Path, default=Path("/tmp/mope-cpu-levers"))
     ap.add_argument("--settings", action="store_true", help="sweep ORT session settings on --settings-lever")
@@ -176,6 +197,12 @@ def main() -> None:
             if lever.startswith("ort-"):
                 runners[lever] = {t: ort.InferenceSession(str(files[lever][t]), base.session_options(),
                                                           providers=["CPUExecutionProvider"]) for t in TOWERS}
+            elif lever.startswith("ov-"):
+                from mope_deploy.exporting.openvino import compile_ir
+
+                hint = "THROUGHPUT" if lever.endswith("throughput") else "LATENCY"
+                runners[lever] = {t: compile_ir(files[lever][t], args.threads, "f32", hint).create_infer_request()
+                                  for t in TOWERS}
             else:
                 runners[lever] = TorchRunner(model, lever)
     results, accuracy = [], {}
@@ -187,6 +214,8 @@ def main() -> None:
             for k, r in runners.items():
                 if isinstance(r, TorchRunner):
                     fns[k] = (r.fn(tower, x), lambda: None)
+                elif k.startswith("ov-"):
+                    fns[k] = ((lambda req=r[tower], x=x: np.array(req.infer({0: x})[0])), lambda: None)
                 else:
                     s = r[tower]
                     feed = {s.get_inputs()[0].name: x}

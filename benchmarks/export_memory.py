@@ -32,7 +32,8 @@ def child(model_name: str, exporter: str, full: bool = False) -> dict:
     import torch
 
     import mope_deploy
-    from mope_deploy.exporting.onnx import onnx_size, write_onnx
+    from mope_deploy.exporting.graphs import onnx_size
+    from mope_deploy.exporting.onnx import write_onnx
 
     torch.set_num_threads(2)
     model = mope_deploy.load(model_name)

@@ -255,15 +255,21 @@ def main() -> None:
                     res.update(bundle=name, backend=BUNDLES[name], round=r + 1)
                     rows.append(res)
                     print(json.dumps(res), flush=True)
-    summary = summarise(rows, policies)
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        from mope_deploy.atomic import atomic_write_text
+                    write_json(args, rows, policies, cpu)        # after every run: a stopped job keeps its rows
+    print(json.dumps(summarise(rows, policies), indent=1))
+    write_json(args, rows, policies, cpu)
 
-        payload = {"rows": rows, "summary": summary, "clients": args.clients, "duration_s": args.duration,
-                   "rounds": args.rounds, "threads": args.threads, "load_generator": "wrk -t1 (Lua: POST /search)",
-                   "machine": {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_end": os.getloadavg()}}
-        atomic_write_text(args.json, json.dumps(payload, indent=2))
+
+def write_json(args, rows: list[dict], policies: list[str], cpu: str) -> None:
+    if not args.json:
+        return
+    from mope_deploy.atomic import atomic_write_text
+
+    payload = {"rows": rows, "summary": summarise(rows, policies), "clients": args.clients,
+               "duration_s": args.duration, "rounds": args.rounds, "threads": args.threads,
+               "load_generator": "wrk -t1 (Lua: POST /search)",
+               "machine": {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_end": os.getloadavg()}}
+    atomic_write_text(args.json, json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

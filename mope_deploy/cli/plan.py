@@ -36,8 +36,15 @@ def plan(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cost-model cache (default $MOPE_PLAN_CACHE "
                                              "or ~/.cache/mope-deploy/plans)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    record: bool = typer.Option(False, "--record", help="TEACHER is a finished `mope compress` run whose recipe had "
+                                "prune.latency: time its student on the planned backend and batch and write "
+                                "latency.measured_ms into its report.json (beside the prediction)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="With --record: time this export bundle of the "
+                                          "student (mope export) instead of the run folder's model."),
 ) -> None:
     """List the shapes MoPE's pruning can make from TEACHER that meet the budget, best first."""
+    if record:
+        return _record(Path(teacher), bundle, iters)
     from ..atomic import atomic_write_text
     from ..importance import ScoreTable
     from ..planning import MeasureSettings, PlanRequest, measure_candidates
@@ -64,6 +71,16 @@ def plan(
     console.print(shapes_table(data))
     if json_out:
         console.print(f"plan written to {json_out}")
+
+
+def _record(run: Path, bundle: Optional[Path], iters: int) -> None:
+    from ..planning import record_measured
+
+    with user_errors():
+        lat = record_measured(run, bundle, iters=iters)
+    console.print(f"{run}: measured {lat['measured_ms']:.1f} ms per batch of {lat.get('batch', 1)} on "
+                  f"{lat['backend']} (predicted {lat.get('predicted_ms', float('nan')):.1f} ms); written to "
+                  f"{run / 'report.json'}", highlight=False)
 
 
 def summary(data: dict) -> str:

@@ -60,6 +60,8 @@ class LatencySpec(_Strict):
     threads: Optional[int] = Field(None, gt=0)
     predicted_ms: Optional[float] = Field(None, gt=0, description="filled by the planner: the chosen shape")
     teacher_ms: Optional[float] = Field(None, gt=0, description="filled by the planner: the teacher")
+    towers: Optional[list[Literal[TOWERS]]] = Field(None, description="filled by the planner: the towers "  # type: ignore[valid-type]
+                                                                       "the budget covers")
 
     @model_validator(mode="before")
     @classmethod

@@ -29,8 +29,7 @@ from ..models.slim_clip import SlimCLIP
 from ..vocab import TOWERS
 from ..bundle.names import INPUT_NAMES, OUTPUT_NAME, onnx_name
 from .config import FP32_ATOL, MIN_OPSET, check_opset, resolve_exporter
-from .graphs import (compare_embeddings, graph_opset, onnx_size, ort_session, quiet_loggers, run_session,  # noqa: F401
-                     save_graph)
+from .graphs import compare_embeddings, graph_opset, ort_session, quiet_loggers, run_session, save_graph
 
 # Weights above this go to a side file: ONNX protobufs cannot exceed 2 GiB, and loaders that mmap
 # external data use less memory, so we switch well before the limit.

@@ -85,7 +85,9 @@ class OpenVINOExportConfig:
     """Settings of the OpenVINO step. ``max_recall_drop``: Recall Mean points the int8 IR may lose vs the fp32
     IR (a negative value demands a gain: tests use it to force a refusal); ``calibration_limit`` inputs in
     batches of ``calibration_batch`` calibrate NNCF; ``ignored``: op names kept fp32 from the start;
-    ``auto_ignore``: on a failed recall gate, retry once with the sensitive layers fp32; ``time_batch`` /
+    ``auto_ignore``: on a failed recall gate, retry once with the sensitive layers fp32; ``smooth_quant``: NNCF's
+    SmoothQuant pass (off: it cost fidelity on the demo); no ``--eval-data``: calibration on the seeded synthetic
+    set and no recall gate; ``time_batch`` /
     ``time_iters``: the per-tower speed measurement behind ``runtime``."""
 
     int8: bool = True
@@ -102,6 +104,12 @@ class OpenVINOExportConfig:
     threads: int | None = None
     time_batch: int = 8
     time_iters: int = 3
+
+    @classmethod
+    def from_export(cls, config: Any) -> "OpenVINOExportConfig":
+        """The OpenVINO settings an :class:`~.config.ExportConfig` implies (same gates as the ONNX variants)."""
+        return cls(atol=config.atol, normalize=config.normalize, max_recall_drop=config.max_recall_drop,
+                   skip_recall_gate=config.skip_recall_gate)
 
     def check(self) -> "OpenVINOExportConfig":
         from .config import ExportConfigError
@@ -238,10 +246,17 @@ def _inputs(model: Any, ev: Any, config: OpenVINOExportConfig) -> _Inputs:
             "text": None if ev is None or ev.tokens is None else ev.tokens.to(torch.int32).numpy()}
     parity, calib, inv = {}, {}, {}
     n_inv = max(INVARIANCE_BATCHES)
+    synthetic = None
     for t in TOWERS:
         r = real[t]
         parity[t] = rand[t] + ([r[:8]] if r is not None else [])
-        src = r if r is not None and len(r) >= 1 else np.concatenate(rand[t] * 3)
+        if r is None:  # no --eval-data: calibrate on the seeded synthetic set through the model's own processing
+            from .quantize import synthetic_calibration
+
+            synthetic = synthetic or synthetic_calibration(model.config, config.calibration_limit,
+                                                           config.calibration_batch)
+            r = np.concatenate(synthetic[t])
+        src = r
         lim = src[:config.calibration_limit]
         calib[t] = [lim[i:i + config.calibration_batch] for i in range(0, len(lim), config.calibration_batch)]
         pool = src if len(src) >= n_inv else np.concatenate([src] + rand[t] * n_inv)

@@ -331,6 +331,25 @@ def quantize_calibrated_int8(src: str | Path, dst: str | Path, calibration_batch
             "calibration_inputs": int(sum(len(b) for b in batches)), "static_activations": len(ranges)}
 
 
+#: where calibration inputs come from when an export or a runtime has no evaluation data
+SYNTHETIC_CALIBRATION = "synthetic:val"
+
+
+def synthetic_calibration(config: Any, limit: int = 32, batch: int = 8) -> dict[str, list[np.ndarray]]:
+    """Calibration batches per tower without user data: the first ``limit`` images of the project's seeded
+    synthetic set (and as many of their captions), through ``config``'s own preprocess and tokenizer. Used
+    when int8 graphs are calibrated with no ``--eval-data`` (a runtime quantising a bundle that has none):
+    better than random inputs, and a real dataset given with ``--eval-data`` is better still."""
+    from ..data.datasets import load_dataset
+    from ..models.processing import build_preprocess, build_tokenizer
+
+    ds = load_dataset(SYNTHETIC_CALIBRATION).head(limit)
+    pre, tok = build_preprocess(config), build_tokenizer(config)
+    images = np.stack([np.asarray(pre(ds.images[i].convert("RGB")), dtype=np.float32) for i in range(len(ds.images))])
+    tokens = np.asarray(tok(list(ds.captions[:limit])), dtype=np.int32)
+    return {"vision": calibration_batches(images, batch, limit), "text": calibration_batches(tokens, batch, limit)}
+
+
 def batch_invariance(path: str | Path, inputs: np.ndarray, batch_sizes: Sequence[int] = (3, 8),
                      threads: int | None = None) -> dict[str, Any]:
     """How much an input's L2-normalised embedding moves between being encoded alone and inside batches of
@@ -358,6 +377,6 @@ def batch_invariance(path: str | Path, inputs: np.ndarray, batch_sizes: Sequence
 
 
 __all__ = ["quantize_dynamic_int8", "quantize_calibrated_int8", "quantize_static_qdq", "batch_invariance",
-           "activation_ranges", "uint8_scale", "BATCH_INVARIANT", "BatchReader", "calibration_batches", "quantizable_nodes",
+           "activation_ranges", "uint8_scale", "BATCH_INVARIANT", "synthetic_calibration", "SYNTHETIC_CALIBRATION", "BatchReader", "calibration_batches", "quantizable_nodes",
            "sensitivity",
            "pick_fp32_nodes", "cosine_stats"]

@@ -363,7 +363,7 @@ def _message(errors: list[dict]) -> str:
     if kind == "mope":
         ctx = err["ctx"]
         where = _where(loc + ((ctx["field"],) if ctx.get("field") else ()))
-        text = f"{where or 'config'} {ctx['text']}"
+        text = f"{where or 'config'}{' ' if ctx['text'].startswith('must') else ': '}{ctx['text']}"
     elif kind in ("missing", "extra_forbidden"):
         same = [e for e in errors if e["type"] == kind and tuple(e["loc"][:-1]) == loc[:-1]]
         names = [str(e["loc"][-1]) for e in same]

@@ -45,6 +45,8 @@ def load_teacher(name: str, pretrained: str | None = None, device: str = "cpu") 
         raise ModelFileError(f"checkpoint {pretrained} was refused: it is not a plain weights checkpoint (it holds "
                              "Python objects other than tensors and plain data, or is not a torch file at all); mope "
                              "only loads weights (torch.load weights_only=True, or .safetensors)") from None
+    except torch.OutOfMemoryError:
+        raise                               # the machine, not the file
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
             StopIteration, zipfile.BadZipFile, SafetensorError) as e:
         # the architecture built: whatever fails now is the file (corrupt, empty, or another model's weights)

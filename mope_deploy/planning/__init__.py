@@ -13,7 +13,8 @@ from .measure import MeasureSettings, measure
 from .planner import Candidate, PlanRequest, PlanResult, cost_models, measure_candidates, plan, teacher_shape
 from .recipe import Prediction, resolve_recipe
 from .shapes import TowerShape, candidates, kept_importance, shape_config, shape_params
+from .verify import measure_model, record_measured
 
 __all__ = ["Candidate", "MeasureSettings", "PlanRequest", "PlanResult", "PlanningError", "Point", "Prediction",
            "TowerModel", "TowerShape", "candidates", "check", "cost_models", "design", "kept_importance", "measure",
-           "measure_candidates", "plan", "resolve_recipe", "shape_config", "shape_params", "teacher_shape"]
+           "measure_candidates", "measure_model", "plan", "record_measured", "resolve_recipe", "shape_config", "shape_params", "teacher_shape"]

@@ -9,7 +9,7 @@ import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -34,6 +34,9 @@ class MeasureSettings:
     iters: int = 5
     seed: int = 0
     progress: bool = True
+    #: a lock file held (flock) during the timed rounds only, e.g. /tmp/mope-timing.lock on a shared machine:
+    #: building and exporting the shapes, the slow part, runs beside other jobs' timings
+    lock: str | None = None
 
     def check(self) -> "MeasureSettings":
         b = check_backend(self.backend)  # unknown or unavailable here (a GPU backend on a CPU machine) -> clear error
@@ -81,6 +84,22 @@ def _open(model: SlimCLIP, settings: MeasureSettings, work: Path):
                         else None)
 
 
+@contextlib.contextmanager
+def timing_lock(path: str | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if absent) for the duration; nothing when ``path`` is None."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def measure(config: CLIPConfig, samples: list[dict[str, TowerShape]], settings: MeasureSettings,
             on_step: Callable[[], None] | None = None) -> list[dict[str, float]]:
     """Median ms per batch of each timed tower of each sample (``samples[i]`` = {tower: shape}); every tower of
@@ -110,7 +129,7 @@ def measure(config: CLIPConfig, samples: list[dict[str, TowerShape]], settings: 
             if on_step:
                 on_step()
 
-        with torch.inference_mode():
+        with torch.inference_mode(), timing_lock(settings.lock):
             res = time_interleaved(fns, warmup=settings.warmup, iters=settings.iters, on_iter=step)
     out: list[dict[str, float]] = [{} for _ in samples]
     for (i, tower), r in res.items():
@@ -118,4 +137,4 @@ def measure(config: CLIPConfig, samples: list[dict[str, TowerShape]], settings: 
     return out
 
 
-__all__ = ["MeasureSettings", "machine", "measure", "sample_config"]
+__all__ = ["MeasureSettings", "machine", "measure", "sample_config", "timing_lock"]

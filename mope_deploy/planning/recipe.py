@@ -82,7 +82,7 @@ def resolve_recipe(recipe: Recipe, cache_dir: str | Path | None = None,
     if all(d["prune"].get(t) is None for t in TOWERS):
         raise PlanningError(f"the teacher itself meets the budget ({pred.teacher_ms:.1f} <= {pred.budget_ms:.1f} ms "
                             f"on {pred.backend}): nothing to compress; lower prune.latency")
-    d["prune"]["latency"].update(predicted_ms=pred.predicted_ms, teacher_ms=pred.teacher_ms)
+    d["prune"]["latency"].update(predicted_ms=pred.predicted_ms, teacher_ms=pred.teacher_ms, towers=list(pred.towers))
     return parse_recipe(d, f"{recipe.name} (latency resolved)"), pred
 
 

@@ -114,7 +114,8 @@ class OnnxRuntimeEncoder(Encoder):
         from .export import export_model
 
         bundle = export_model(model, Path(work_dir) / "bundle", int8=int8)
-        enc = cls(bundle, variant="int8" if int8 else kwargs.pop("variant", None), work_dir=work_dir, **kwargs)
+        variant = kwargs.pop("variant", None)  # popped either way: int8 overrides it (passing both was a TypeError)
+        enc = cls(bundle, variant="int8" if int8 else variant, work_dir=work_dir, **kwargs)
         enc._owned_dir = owned  # the export lives as long as the encoder
         return enc
 

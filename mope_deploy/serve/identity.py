@@ -19,10 +19,10 @@ def model_fingerprint(model: Any) -> dict[str, str]:
     from ..runtime import is_bundle
 
     if isinstance(model, SlimCLIP):
+        from ..models.identity import weights_hash
+
         h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-        for k, v in sorted(model.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+        h.update(weights_hash(model).encode())
         return {"kind": "model", "sha256": h.hexdigest(), "name": "SlimCLIP (in memory)"}
     if is_bundle(model):
         from ..bundle import MANIFEST_FILE
@@ -39,8 +39,6 @@ def model_fingerprint(model: Any) -> dict[str, str]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    from ..models.identity import file_sha256
+
+    return file_sha256(path)

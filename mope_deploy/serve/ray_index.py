@@ -105,9 +105,17 @@ class RayChunks:
         ds = ds.map_batches(_ChunkWorker, fn_constructor_kwargs=dict(
             model=str(job.model), backend=self.backend, data=str(job.data), load_options=job.load_options(),
             threads=job.threads or 1, batch_size=job.batch_size),
-            batch_size=1, concurrency=min(self.workers, len(pending)), num_cpus=1, batch_format="numpy")
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(pending))), num_cpus=1,
+            batch_format="numpy")
         for row in _with_stall_timeout(ds.iter_rows(), job.ray.stall_timeout_s, self.workers):
             yield (int(row["chunk"]), *_unpack(bytes(row["payload"]), store_dir))
+
+
+def _resources() -> str:
+    try:
+        return describe_resources()
+    except Exception as e:  # noqa: BLE001  (the cluster may be what is gone; the timeout message still goes out)
+        return f"unknown resources (Ray did not answer: {type(e).__name__})"
 
 
 def _with_stall_timeout(rows: Iterator[dict], timeout_s: float, workers: int) -> Iterator[dict]:
@@ -131,7 +139,7 @@ def _with_stall_timeout(rows: Iterator[dict], timeout_s: float, workers: int) ->
         except queue.Empty:
             raise RayResourceError(
                 f"Ray produced no embedded chunk for {time.monotonic() - t0:.0f} s with {workers} encoder actor(s) "
-                f"asked (1 CPU each); the cluster has {describe_resources()}. Free CPUs, lower --ray-workers, or "
+                f"asked (1 CPU each); the cluster has {_resources()}. Free CPUs, lower --ray-workers, or "
                 f"raise --ray-timeout") from None
         if item is done:
             return

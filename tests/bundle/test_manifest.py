@@ -119,3 +119,21 @@ def test_missing_manifest_and_missing_config(tmp_path):
 def test_engine_lookup_follows_the_manifest(tmp_path):
     with pytest.raises(BundleError, match="no tensorrt engine"):
         Bundle(_bundle_from_fixture(tmp_path)).engine("vision")
+
+
+def test_format_2_engine_sections_become_typed_engine_sets():
+    old = json.loads(FIXTURE.read_text())
+    old["tensorrt"] = {"version": "10.13", "precision": "fp16", "typing": "strong", "recall_gate": None,
+                       "engines": {"vision": {"file": "image_encoder.fp16.engine", "source_graph":
+                                              "image_encoder.trt-fp16.onnx", "profile": {"min": [1, 3, 32, 32]},
+                                              "gate": {"passed": True}, "build_seconds": 1.5}}}
+    old["torch_tensorrt"] = {"version": "2.14", "precision": "fp16", "files": {"text": "text_encoder.fp16.ep"},
+                             "gates": {"text": {"passed": True}}, "features": {"save_retrace": True}}
+    m = Manifest.from_dict(upgrade(old))
+    e = m.engines["tensorrt"].engines["vision"]
+    assert (e.file, e.made_from, e.precision, e.gate, e.details) == (
+        "image_encoder.fp16.engine", "image_encoder.trt-fp16.onnx", "fp16", {"passed": True}, {"build_seconds": 1.5})
+    assert m.engines["tensorrt"].details["typing"] == "strong"
+    t = m.engines["torch-tensorrt"]
+    assert t.engines["text"].file == "text_encoder.fp16.ep" and t.engines["text"].gate == {"passed": True}
+    assert t.details == {"features": {"save_retrace": True}}

@@ -14,7 +14,7 @@ from mope_deploy.cli.app import app  # noqa: E402
 runner = CliRunner()
 
 
-def test_index_builds_refuses_to_overwrite_and_reports(tmp_path, caption_csv, noise_images):
+def test_index_builds_rebuilds_with_the_output_policy_and_reports(tmp_path, caption_csv, noise_images):
     csv = caption_csv(noise_images(5), [[f"photo {i}", f"picture {i}"] for i in range(5)],
                       extra_rows=["missing.png,gone"])
     out = tmp_path / "idx"
@@ -24,15 +24,13 @@ def test_index_builds_refuses_to_overwrite_and_reports(tmp_path, caption_csv, no
     meta = json.loads((out / "index.json").read_text())
     assert meta["n_items"] == 5 and meta["skipped"]["counts"] == {"missing image": 1}
     assert meta["model"]["name"] == "demo" and meta["backend"]["backend"] == "torch"
-    again = runner.invoke(app, ["index", str(csv), "--model", "demo", "--out", str(out), "-q"])
-    assert again.exit_code == 2 and "--overwrite" in again.output
-    rebuilt = runner.invoke(app, ["index", str(csv), "--model", "demo", "--out", str(out), "-q", "--overwrite",
-                                  "--no-captions"])
-    assert rebuilt.exit_code == 0, rebuilt.output
+    rebuilt = runner.invoke(app, ["index", str(csv), "--model", "demo", "--out", str(out), "-q", "--no-captions"])
+    assert rebuilt.exit_code == 0, rebuilt.output          # an index mope wrote: rebuilt in place
     assert json.loads((out / "index.json").read_text())["n_captions"] == 0
-    (out / "my-notes.txt").write_text("keep")  # a user's file inside the index: never replaced
-    refused = runner.invoke(app, ["index", str(csv), "--model", "demo", "--out", str(out), "-q", "--overwrite"])
+    (out / "my-notes.txt").write_text("keep")  # a user's file inside the index: never replaced without --force
+    refused = runner.invoke(app, ["index", str(csv), "--model", "demo", "--out", str(out), "-q"])
     assert refused.exit_code == 2 and "my-notes.txt" in refused.output.replace("\n", " "), refused.output
+    assert "--force" in refused.output.replace("\n", " ")
     assert (out / "my-notes.txt").read_text() == "keep" and (out / "index.json").is_file()
     hnsw = runner.invoke(app, ["index", "synthetic:val", "--model", "demo", "--out", str(tmp_path / "h"), "-q",
                                "--kind", "hnsw", "--no-captions"])

@@ -109,3 +109,17 @@ def test_batch_invariance_measures_what_it_claims(tmp_path):
     assert out["elem"]["max_abs"] == 0.0 and out["mean"]["max_abs"] > 0.1
     with pytest.raises(ValueError, match="at least 8 inputs"):
         batch_invariance(tmp_path / "elem.onnx", data[:4], (3, 8))
+
+
+def test_synthetic_calibration_is_the_models_own_inputs(demo):
+    from mope_deploy.data.datasets import load_dataset
+    from mope_deploy.exporting.quantize import synthetic_calibration
+
+    model = demo[0]
+    cal = synthetic_calibration(model.config, limit=10, batch=4)
+    assert [len(b) for b in cal["vision"]] == [4, 4, 2] and [len(b) for b in cal["text"]] == [4, 4, 2]
+    ds = load_dataset("synthetic:val").head(10)
+    want = np.asarray(model.preprocess(ds.images[3].convert("RGB")), dtype=np.float32)
+    np.testing.assert_array_equal(cal["vision"][0][3], want)
+    assert cal["text"][0].dtype == np.int32
+    np.testing.assert_array_equal(cal["text"][0][1], np.asarray(model.tokenizer([ds.captions[1]]))[0])

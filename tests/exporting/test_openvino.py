@@ -91,6 +91,7 @@ def test_inference_precision_is_set_explicitly(demo, exported):
         ovx.compile_ir(xml, precision="int4")
 
 
+@pytest.mark.slow
 def test_a_failing_int8_ir_is_not_written(demo, tmp_path):
     model, root, ev = demo
     out = tmp_path / "b"
@@ -135,3 +136,15 @@ def test_config_is_checked_before_work():
         ovx.OpenVINOExportConfig(inference_precision="fp64").check()
     with pytest.raises(ValueError):
         ovx.ir_name("audio")
+
+
+def test_without_eval_data_int8_is_calibrated_on_the_synthetic_set(demo, tmp_path):
+    model, root, _ = demo
+    out = tmp_path / "noeval"
+    out.mkdir()
+    rec = ovx.export_openvino(model, out, {t: root / onnx_name(t) for t in TOWERS}, None,
+                              ovx.OpenVINOExportConfig(threads=1, time_iters=1, calibration_limit=16))
+    int8 = rec["variants"][ovx.INT8]
+    assert int8["recall_gate"] == "no --eval-data" and "recall" not in int8
+    assert int8["method"]["calibration_inputs"] == 16 and int8["batch_invariant"]
+    assert int8["agreement_vs_fp32"]["vision"]["min_cosine"] > 0.99

@@ -16,16 +16,21 @@ runner = CliRunner()
 def test_mope_plan_lists_shapes_and_writes_json_and_plot(tmp_path, fake_timer):
     pytest.importorskip("matplotlib")
     args = ["plan", "demo", "--backend", "torch", "--batch", "4", "--speedup", "2", "--cache-dir", str(tmp_path / "c"),
-            "--json", str(tmp_path / "plan.json"), "--plot", str(tmp_path / "plan.png"), "--top", "3", "--quiet"]
+            "--json", str(tmp_path / "plan.json"), "--plot", str(tmp_path / "plan.png"), "--top", "3", "--quiet",
+            "--verify", "2"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "shapes meeting the budget" in res.output and "measured" in res.output
     data = json.loads((tmp_path / "plan.json").read_text())
     assert len(data["candidates"]) == 3 and data["backend"] == "torch" and data["batch"] == 4
     assert data["candidates"][0]["predicted_ms"] <= data["budget_ms"] * (1 + 1e-9)
+    # --verify: the best two timed again (here by the same law: measured == predicted), the third not
+    assert [c.get("measured_ms") for c in data["candidates"][:2]] == pytest.approx(
+        [c["predicted_ms"] for c in data["candidates"][:2]])
+    assert "measured_ms" not in data["candidates"][2]
     assert (tmp_path / "plan.png").stat().st_size > 0
     res = runner.invoke(app, args)  # cached the second time
-    assert res.exit_code == 0 and "cached" in res.output and fake_timer.calls == 1
+    assert res.exit_code == 0 and "cached" in res.output and fake_timer.calls == 3  # plan + verify, then verify
 
 
 def test_mope_plan_impossible_budget_is_one_red_line(tmp_path, fake_timer):

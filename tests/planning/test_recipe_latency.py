@@ -68,3 +68,25 @@ def test_compress_refuses_an_unresolved_budget_before_any_work(tmp_path):
     with pytest.raises(RecipeError, match="resolve_recipe"):
         compress(r, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_measured_figure_is_recorded_beside_the_prediction(tmp_path, tiny_model):
+    """After compress: `mope plan RUN --record` times the student and writes latency.measured_ms."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mope_deploy.cli.app import app
+
+    run = tmp_path / "run"
+    tiny_model.save(run)
+    report = {"recipe": "x", "latency": {"speedup": 2.0, "backend": "torch", "batch": 2, "predicted_ms": 1.0,
+                                         "teacher_ms": 2.0, "towers": ["vision"]}}
+    (run / "report.json").write_text(json.dumps(report))
+    res = CliRunner().invoke(app, ["plan", str(run), "--record", "--iters", "2"])
+    assert res.exit_code == 0, res.output
+    lat = json.loads((run / "report.json").read_text())["latency"]
+    assert lat["predicted_ms"] == 1.0 and lat["measured_ms"] > 0 and set(lat["measured_towers_ms"]) == {"vision"}
+    (run / "report.json").write_text(json.dumps({"recipe": "x"}))
+    res = CliRunner().invoke(app, ["plan", str(run), "--record"])
+    assert res.exit_code == 2 and "no latency budget" in " ".join(res.output.split())

@@ -141,3 +141,38 @@ def test_disk_full_while_checkpointing_then_resume(recipe, tmp_path):
     assert {k: v for k, v in tree(out).items() if k in finished} == finished       # reused, not rewritten
     load_model(out)
     assert not _temporaries(tmp_path)
+
+
+# ------------------------------------------------------------------------- how a full disk is recognised
+
+def test_no_room_cause_sees_through_library_wrappers():
+    import errno
+
+    from mope_deploy.atomic import no_room_cause
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    try:                                    # torch.save: a RuntimeError raised while handling the OSError
+        try:
+            raise full
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    except RuntimeError as e:
+        assert no_room_cause(e) is full
+    rust = RuntimeError("Error while serializing: I/O error: File too large (os error 27)")   # safetensors
+    assert no_room_cause(rust).errno == errno.EFBIG
+    assert no_room_cause(OSError(errno.EACCES, "Permission denied")) is None
+    assert no_room_cause(ValueError("os error 2")) is None
+
+
+def test_a_full_disk_inside_a_folder_write_names_the_folder(tmp_path):
+    from mope_deploy.atomic import NoRoomError, atomic_dir, atomic_write_bytes
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.bin").write_bytes(b"old")
+    before = tree(tmp_path)
+    with file_size_limit(1024), pytest.raises(NoRoomError) as e:
+        with atomic_dir(out, force=True) as tmp:
+            atomic_write_bytes(tmp / "big.bin", b"x" * 4096)
+    assert e.value.target == out and f"cannot write {out}:" in str(e.value) and ".tmp-" not in str(e.value)
+    assert tree(tmp_path) == before

@@ -1,10 +1,11 @@
 """`kill -9` of `mope sparsify --recover sparselora` at three points (issue 22): right after its work folder is
-claimed, after the first SparseLoRA checkpoint, and after the third. The same command run again completes without
-any clean-up, removes its work folder, leaves no temporary, and writes exactly the model an uninterrupted run
-writes (tensor for tensor). (`kill -9` of `mope index` is covered by the serve suite.)"""
+claimed, after the first SparseLoRA checkpoint, and at step 5 of 8 (between the second and the third). The same
+command run again completes without any clean-up, removes its work folder, leaves no temporary, and writes exactly
+the model an uninterrupted run writes (tensor for tensor). (`kill -9` of `mope index`: the serve suite.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,10 +23,14 @@ from reliability_helpers import tree
 
 pytestmark = pytest.mark.slow
 
-MOPE = "import sys; from mope_deploy.cli.app import main; sys.argv[0] = 'mope'; main()"
+# The global RNG is seeded first: SparseLoRA's adapters are initialised from it before training starts (an
+# unseeded run differs from the next one; reported in issue 22's closing note), and the comparison below is about
+# resuming, not about that.
+MOPE = ("import sys, torch; torch.manual_seed(0); from mope_deploy.cli.app import main; sys.argv[0] = 'mope'; "
+        "main()")
 ARGS = ["--method", "magnitude", "--sparsity", "0.5", "--data", "synthetic", "--samples", "8", "--recover",
         "sparselora", "--recover-steps", "8", "--recover-batch", "4", "--threads", "1", "-q"]
-# 8 steps, a checkpoint every 2: last.pt is replaced (a new inode) at steps 2, 4, 6, 8
+# 8 steps, a checkpoint every 2 (steps 2, 4, 6, 8), a metrics.jsonl line every step
 
 
 def _start(teacher: Path, out: Path) -> subprocess.Popen:
@@ -56,21 +61,19 @@ def reference(teacher, tmp_path_factory) -> dict[str, torch.Tensor]:
 
 def _point(name: str, work: Path):
     """A condition on the work folder that says "kill now"."""
-    seen: set[int] = set()
-
-    def checkpoints(n: int) -> bool:
+    def logged(step: int) -> bool:
         try:
-            seen.add((work / "last.pt").stat().st_ino)
+            lines = (work / "metrics.jsonl").read_text().splitlines()
         except FileNotFoundError:
-            pass
-        return len(seen) >= n
+            return False
+        return any(json.loads(ln).get("step", 0) >= step for ln in lines[-3:] if ln.endswith("}"))
 
     return {"work-folder-claimed": lambda: (work / ".mope-work").is_file(),
-            "first-checkpoint": lambda: checkpoints(1),
-            "third-checkpoint": lambda: checkpoints(3)}[name]
+            "first-checkpoint": lambda: (work / "last.pt").is_file(),
+            "step-5": lambda: logged(5)}[name]
 
 
-@pytest.mark.parametrize("point", ["work-folder-claimed", "first-checkpoint", "third-checkpoint"])
+@pytest.mark.parametrize("point", ["work-folder-claimed", "first-checkpoint", "step-5"])
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(point, teacher, reference, tmp_path):
     out = tmp_path / "out"
     work = tmp_path / ".out.sparselora"

@@ -3,7 +3,6 @@ exporter, run through the shared engine runner on its own stream, with the error
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 
