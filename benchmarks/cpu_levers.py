@@ -100,9 +100,9 @@ def make_graphs(model, work: Path, levers, calib: int, say) -> dict[str, dict[st
                 from mope_deploy.exporting.quantize import quantize_calibrated_int8
 
                 quantize_calibrated_int8(files["ort-fused"][tower], out[tower],
-                                         graph_inputs(model, tower, [8] * calib, seed=1))
+                                         _calib(model, tower, calib))
             elif lever.startswith("ort-int8-qdq"):
-                batches = graph_inputs(model, tower, [8] * calib, seed=1)
+                batches = _calib(model, tower, calib)
                 quantize_static_qdq(src, out[tower], batches,
                                     activation_type="int8" if lever.endswith("s8") else "uint8",
                                     symmetric_activations=lever.endswith("s8"))
@@ -119,8 +119,16 @@ def make_graphs(model, work: Path, levers, calib: int, say) -> dict[str, dict[st
                 ovx.convert_to_ir(files["ort-fp32"][t], files["ov-fp32"][t])
             if not files["ov-int8"][t].is_file():
                 say(f"make ov-int8 {t}")
-                ovx.quantize_ir(files["ov-fp32"][t], files["ov-int8"][t], graph_inputs(model, t, [8] * calib, seed=1))
+                ovx.quantize_ir(files["ov-fp32"][t], files["ov-int8"][t], _calib(model, t, calib))
     return files
+
+
+def _calib(model, tower: str, n_batches: int) -> list:
+    """Calibration batches of 8: the seeded synthetic set through the model's own preprocess/tokenizer (real-looking
+    inputs, as an export with --eval-data would use), so the calibrated levers are judged fairly."""
+    from mope_deploy.exporting.quantize import synthetic_calibration
+
+    return synthetic_calibration(model.config, 8 * n_batches, 8)[tower]
 
 
 class TorchRunner:
@@ -153,6 +161,44 @@ def _bf16_copy(model):
     return copy.deepcopy(model).to(torch.bfloat16).eval()
 
 
+def _runner_fn(r, tower: str):
+    """A lever's runner as ``x -> unnormalised embeddings`` (numpy)."""
+    if isinstance(r, TorchRunner):
+        return lambda x: r.fn(tower, x)()
+    if hasattr(r[tower], "infer"):  # an OpenVINO infer request
+        return lambda x: np.array(r[tower].infer({0: np.ascontiguousarray(x)})[0])
+    s = r[tower]
+    return lambda x: s.run(None, {s.get_inputs()[0].name: np.ascontiguousarray(x)})[0]
+
+
+def quality(model, runners: dict, spec: str, limit: int, say) -> dict:
+    """Per lever: Recall Mean on ``spec`` (and its delta vs the first lever) and the largest change of a
+    normalised embedding between being encoded alone and inside batches of 3 and 8 (0 = batch-invariant)."""
+    from mope_deploy.eval.retrieval import retrieval_metrics
+    from mope_deploy.exporting.config import EvalInputs
+
+    ev = EvalInputs.load(model, spec, limit)
+    x = {"vision": ev.images.float().numpy(), "text": ev.tokens.numpy().astype(np.int32)}
+    rows = []
+    for k, r in runners.items():
+        say(f"quality {k}")
+        emb, inv = {}, {}
+        for t in TOWERS:
+            f = _runner_fn(r, t)
+            out = np.concatenate([f(x[t][i:i + 64]) for i in range(0, len(x[t]), 64)]).astype(np.float64)
+            emb[t] = torch.from_numpy(out / np.linalg.norm(out, axis=-1, keepdims=True)).float()
+            n = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+            alone = n(np.concatenate([f(x[t][i:i + 1]) for i in range(8)]).astype(np.float64))
+            inv[t] = max(float(np.abs(n(np.concatenate([f(x[t][i:i + b]) for i in range(0, 8 - 8 % b, b)])
+                                        .astype(np.float64)) - alone[:8 - 8 % b]).max()) for b in (3, 8))
+        m = retrieval_metrics(emb["vision"], emb["text"], ev.txt2img)
+        rows.append({"lever": k, "recall_mean": float(m["recall_mean"]), "batch_dependence_max_abs": inv})
+    for row in rows:
+        row["recall_delta"] = row["recall_mean"] - rows[0]["recall_mean"]
+        print(json.dumps(row))
+    return {"recall_data": ev.info, "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="base", choices=("base", "demo"))
@@ -165,6 +211,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/mope-cpu-levers"))
     ap.add_argument("--settings", action="store_true", help="sweep ORT session settings on --settings-lever")
     ap.add_argument("--settings-lever", default="ort-int8-qattention")
+    ap.add_argument("--recall", default=None, metavar="SPEC",
+                    help="also measure each lever's Recall Mean on SPEC (e.g. synthetic:test with --model demo) and "
+                         "whether an input's embedding is the same alone and in batches of 3 and 8; no timing then")
+    ap.add_argument("--recall-limit", type=int, default=500)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     say = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True)  # noqa: E731
@@ -205,6 +255,13 @@ def main() -> None:
                                   for t in TOWERS}
             else:
                 runners[lever] = TorchRunner(model, lever)
+    if args.recall:
+        report = quality(model, runners, args.recall, args.recall_limit, say)
+        report["environment"] = environment("cpu", args.threads)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2))
+        return
     results, accuracy = [], {}
     for tower in TOWERS:
         for b in batches:

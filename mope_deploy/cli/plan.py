@@ -32,6 +32,9 @@ def plan(
                                "(round-robin) and print measured beside predicted."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads of the timed encoders."),
     iters: int = typer.Option(5, "--iters", min=1, help="Timed rounds per shape (median)."),
+    clock: str = typer.Option("wall", "--clock", help="wall (latency as a caller sees it) or cpu (the process's CPU "
+                              "time per call: with --threads 1, the latency alone on the machine; steadier on a "
+                              "machine shared with other jobs)."),
     max_depth: int = typer.Option(4, "--max-depth", min=1, help="Deepest shape timed for the cost model."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cost-model cache (default $MOPE_PLAN_CACHE "
                                              "or ~/.cache/mope-deploy/plans)."),
@@ -51,7 +54,8 @@ def plan(
     from ..planning import plan as run_plan
 
     with user_errors():
-        settings = MeasureSettings(backend=backend, batch=batch, threads=threads, iters=iters, progress=not quiet)
+        settings = MeasureSettings(backend=backend, batch=batch, threads=threads, iters=iters, progress=not quiet,
+                                   clock=clock)
         table = ScoreTable.load(scores) if scores else None
         request = PlanRequest(teacher, latency_ms=latency, speedup=speedup, tower=tower, settings=settings,
                               scores=table, max_depth=max_depth, cache_dir=cache_dir).check()

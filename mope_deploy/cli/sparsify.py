@@ -29,7 +29,8 @@ def sparsify(
     zo_samples: Optional[int] = typer.Option(None, "--zo-samples", help="ecoflap zeroth-order scores: perturbations "
                                              "per weight matrix (default 16; spread over the calibration batches)"),
     nm_blocks: Optional[str] = typer.Option(None, "--nm-blocks", help="ecoflap with n:m below 1 - n/m: which blocks "
-                                            "become n:m, score (least important first; default) | uniform"),
+                                            "become n:m, uniform (spread over depth; default) | score (least "
+                                            "important first)"),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration pairs: a dataset spec (synthetic, "
                                        "CSV, Karpathy JSON, WebDataset). Needed by wanda, sparsegpt and ecoflap."),
     split: str = typer.Option("train", "--split", help="Split of --data to calibrate on."),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,6 +24,9 @@ from .errors import PlanningError
 from .shapes import TowerShape, shape_config, tower_shape
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 @dataclass(frozen=True)
 class MeasureSettings:
     """How shapes are timed: ``iters`` timed rounds after ``warmup`` untimed ones (every shape once per round)."""
@@ -34,6 +38,10 @@ class MeasureSettings:
     iters: int = 5
     seed: int = 0
     progress: bool = True
+    #: "wall": latency as a caller sees it; "cpu": the process's CPU time per call (time.process_time), which on a
+    #: machine shared with other jobs leaves out the time spent waiting for a core: with threads=1 it is the
+    #: latency the call would have alone (with more threads it adds the threads' times up)
+    clock: str = "wall"
     #: a lock file held (flock) during the timed rounds only, e.g. /tmp/mope-timing.lock on a shared machine:
     #: building and exporting the shapes, the slow part, runs beside other jobs' timings
     lock: str | None = None
@@ -46,6 +54,8 @@ class MeasureSettings:
         if self.batch < 1 or self.iters < 1 or self.warmup < 0:
             raise PlanningError(f"need batch >= 1, iters >= 1 and warmup >= 0, got batch={self.batch}, "
                                 f"iters={self.iters}, warmup={self.warmup}")
+        if self.clock not in CLOCKS:
+            raise PlanningError(f"clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
         if self.threads is not None and self.threads < 1:
             raise PlanningError(f"threads must be at least 1, got {self.threads}")
         return self
@@ -130,7 +140,8 @@ def measure(config: CLIPConfig, samples: list[dict[str, TowerShape]], settings: 
                 on_step()
 
         with torch.inference_mode(), timing_lock(settings.lock):
-            res = time_interleaved(fns, warmup=settings.warmup, iters=settings.iters, on_iter=step)
+            res = time_interleaved(fns, warmup=settings.warmup, iters=settings.iters, on_iter=step,
+                                   timer=CLOCKS[settings.clock])
     out: list[dict[str, float]] = [{} for _ in samples]
     for (i, tower), r in res.items():
         out[i][tower] = r["median_ms"]

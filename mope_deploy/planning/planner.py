@@ -120,7 +120,7 @@ def _key(config: CLIPConfig, request: PlanRequest, tower: str) -> dict[str, Any]
     s = request.settings
     return {"design": DESIGN_VERSION, "teacher_arch_hash": config.arch_hash(), "backend": s.backend, "batch": s.batch,
             "tower": tower, "mlp_ratio": mlp_ratio(config, tower, request.mlp_ratio), "max_depth": request.max_depth,
-            "iters": s.iters, "warmup": s.warmup, "machine": machine(s)}
+            "iters": s.iters, "warmup": s.warmup, "clock": s.clock, "machine": machine(s)}
 
 
 def cost_models(config: CLIPConfig, request: PlanRequest) -> tuple[dict[str, TowerModel], dict[str, dict], dict]:

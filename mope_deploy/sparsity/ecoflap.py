@@ -21,8 +21,9 @@ the only freedom a global budget has is *which* blocks are n:m and which stay de
 order of increasing score per weight (least important first) until the global sparsity reaches the target.
 Dense and 2:4 layers mix freely in TensorRT (sparsity is chosen per layer), so this loses no speed on the
 layers that are sparse and keeps the most loss-sensitive blocks exact. At ``sparsity = 1 - n/m`` every block
-is n:m (ECoFLaP then equals its local method). ``uniform`` (:func:`uniform_nm`) is the score-free control: the
-n:m blocks spread evenly over the depth of each tower.
+is n:m (ECoFLaP then equals its local method). ``uniform`` (:func:`uniform_nm`, the default of
+``SparsifySpec.nm_blocks``) spreads the n:m blocks evenly over the depth of each tower without scores: on the demo
+teacher at 40% with 2:4 it beat the score order on 3 of 3 seeds (Recall Mean 53.67 vs 52.49, docs/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ the cache, and backends that cannot run here."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -93,7 +94,9 @@ def test_an_impossible_budget_is_refused_with_the_fastest_figure(tmp_path, fake_
 @pytest.mark.parametrize("kw, match", [({}, "exactly one budget"), ({"latency_ms": 5.0, "speedup": 2.0},
                                                                     "exactly one budget"),
                                        ({"latency_ms": -1.0}, "positive"), ({"speedup": 2.0, "tower": "audio"},
-                                                                            "tower")])
+                                                                            "tower"),
+                                       ({"speedup": 2.0, "settings": MeasureSettings("torch", clock="sundial")},
+                                        "clock must be one of wall, cpu")])
 def test_bad_requests_are_refused_before_any_timing(tmp_path, fake_timer, kw, match):
     with pytest.raises(PlanningError, match=match):
         plan(request(tmp_path, **kw))
@@ -169,7 +172,7 @@ def test_a_gpu_backend_is_refused_on_a_cpu_machine(tmp_path, fake_timer):
     assert fake_timer.calls == 0
 
 
+@pytest.mark.skipif(importlib.util.find_spec("open_clip") is None, reason="open_clip is not installed")
 def test_open_clip_backend_is_refused_it_runs_named_models_only(tmp_path, fake_timer):
-    pytest.importorskip("open_clip")
     with pytest.raises(PlanningError, match="plan on 'torch'"):
         plan(request(tmp_path, speedup=2.0, settings=MeasureSettings("open_clip", progress=False)))

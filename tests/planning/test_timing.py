@@ -1,7 +1,9 @@
 """The cost model against real measurements (torch, one thread, random weights): predictions on held-out shapes
 within 15% of what was measured in the same round-robin, and the chosen shape meeting its budget when timed
 beside the teacher. No absolute time is asserted: only ratios measured in one process, each the median of several
-rounds, with a retry budget for a machine shared with other jobs."""
+rounds, with a retry budget. The clock is the process's CPU time (one thread: the latency the call would have
+alone): on a 2-core machine shared with other jobs, wall-clock medians of small calls moved by 20-50% between
+attempts (waiting for a core), CPU-time medians by under 10%."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def tiny_vit():
     return tiny_config(width=64, depth=4, heads=4, head_dim=16, image_size=64, patch_size=8, context_length=16)
 
 
-CASES = {"demo": (lambda: load_config("demo"), "both", 32), "tiny-vit": (tiny_vit, "vision", 48)}
+CASES = {"demo": (lambda: load_config("demo"), "both", 16), "tiny-vit": (tiny_vit, "vision", 32)}
 
 
 @pytest.mark.slow
@@ -30,7 +32,8 @@ def test_prediction_within_15_percent_of_measured_on_held_out_shapes(name, tmp_p
     config = make()
     errors = []
     for attempt in range(ATTEMPTS):
-        settings = MeasureSettings("torch", batch=batch, threads=1, iters=5, progress=False, seed=attempt)
+        settings = MeasureSettings("torch", batch=batch, threads=1, iters=7, progress=False, seed=attempt,
+                                   clock="cpu")
         request = PlanRequest(config, speedup=2.0, tower=tower, settings=settings, cache_dir=tmp_path / str(attempt))
         _, checks, _ = cost_models(config, request)
         assert all(c["held_out"] for c in checks.values()), "the design must hold shapes out of the fit"
@@ -48,13 +51,13 @@ def test_the_chosen_shape_meets_its_budget_when_measured(tmp_path):
     config = load_config("demo")
     ratios = []
     for attempt in range(ATTEMPTS):
-        settings = MeasureSettings("torch", batch=32, threads=1, iters=5, progress=False, seed=attempt)
+        settings = MeasureSettings("torch", batch=16, threads=1, iters=7, progress=False, seed=attempt, clock="cpu")
         result = plan(PlanRequest(config, speedup=2.0, tower="vision", settings=settings,
                                   cache_dir=tmp_path / str(attempt)))
         chosen = result.best.shapes["vision"]
         assert chosen != teacher_shape(config, "vision")
         got = measure(config, [{"vision": chosen}, {"vision": teacher_shape(config, "vision")}],
-                      MeasureSettings("torch", batch=32, threads=1, iters=7, progress=False))
+                      MeasureSettings("torch", batch=16, threads=1, iters=9, progress=False, clock="cpu"))
         budget = got[1]["vision"] / 2.0          # the budget, with the teacher measured side by side
         ratios.append(got[0]["vision"] / budget)
         if got[0]["vision"] <= budget * 1.1:

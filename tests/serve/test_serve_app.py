@@ -571,3 +571,47 @@ def test_first_search_after_ready_is_fast_on_the_demo_bundle(demo_bundle, demo_i
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_header_parse_decodes_the_web_formats_only(fmt):
+    """The per-request header parse (Pillow's format plugins, no global bomb check) decodes what Image.open would,
+    for the web formats; any other format is a 422."""
+    import io
+
+    from PIL import Image
+
+    from mope_deploy.serve.inputs import FORMATS, RequestError, open_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, format=fmt)
+    if fmt not in FORMATS:
+        with pytest.raises(RequestError, match="not a readable image"):
+            open_image(buf.getvalue(), Limits(), "image")
+        return
+    im = open_image(buf.getvalue(), Limits(), "image")
+    ref = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    assert im.mode == "RGB" and im.size == (40, 30)
+    assert np.array_equal(np.asarray(im), np.asarray(ref))
+
+
+def test_json_depth_skips_strings_and_matches_a_reference():
+    import json
+    import random
+
+    from mope_deploy.serve.inputs import json_depth
+
+    def reference(x) -> int:                              # the naive recursive depth of a parsed value
+        if isinstance(x, dict):
+            return 1 + max((reference(v) for v in x.values()), default=0)
+        if isinstance(x, list):
+            return 1 + max((reference(v) for v in x), default=0)
+        return 0
+
+    rng = random.Random(0)
+    for _ in range(200):
+        value: object = rng.choice(["[[{", 'a "quoted" ]]}', "\\\\[", 3])
+        for _ in range(rng.randint(0, 30)):
+            value = rng.choice([[value], {"k[": value, "x": "]]"}, [1, value, "{"]])
+        body = json.dumps(value).encode()
+        assert json_depth(body) == reference(value), body

@@ -159,8 +159,8 @@ def test_ecoflap_unstructured_respects_allocation(tiny_model, calib, scores):
 
 def test_ecoflap_nm_keeps_important_blocks_dense(tiny_model, calib):
     m = copy.deepcopy(tiny_model)
-    rep = sparsify(m, SparsifySpec(method="ecoflap", pattern="2:4", sparsity=0.25, batch_size=8), calib,
-                   progress=False)
+    rep = sparsify(m, SparsifySpec(method="ecoflap", pattern="2:4", sparsity=0.25, batch_size=8, nm_blocks="score"),
+                   calib, progress=False)
     blocks = [b for t in ("vision", "text") for b in rep["towers"][t]["blocks"]]
     assert sorted(blocks) == [0.0, 0.0, 0.5, 0.5] and rep["pattern"] == "2:4"
     scores = rep["block_scores"]
@@ -169,6 +169,10 @@ def test_ecoflap_nm_keeps_important_blocks_dense(tiny_model, calib):
     assert min(scores[k] for k in dense) >= max(scores[k] for k in sparse)  # equal block sizes here
     assert m.config.sparsity["allocated"] == {t: rep["towers"][t]["blocks"] for t in ("vision", "text")}
     assert m.config.sparsity["nm_blocks"] == "score"
+    u = copy.deepcopy(tiny_model)  # the default: uniform, no scores; one block of each tower (the first) is 2:4
+    rep = sparsify(u, SparsifySpec(method="ecoflap", pattern="2:4", sparsity=0.25, batch_size=8), calib, progress=False)
+    assert u.config.sparsity["nm_blocks"] == "uniform"
+    assert [rep["towers"][t]["blocks"] for t in ("vision", "text")] == [[0.5, 0.0], [0.5, 0.0]]
 
 
 def test_uniform_nm_spreads_blocks_over_depth_and_towers():
