@@ -131,6 +131,11 @@ def run(seeds: list[int], steps: int, work: Path, models: list[str], batch: int 
                     key = f"{mname}/{mlabel}/{label}/seed{seed}"
                     if key in cells:
                         continue
+                    local = "sparsegpt" if mlabel == "ecoflap-sparsegpt" else "wanda"
+                    same = f"{mname}/{local}/{label}/seed{seed}"
+                    if method == "ecoflap" and s is None and same in cells:  # n:m at 1 - n/m: every block n:m, no
+                        cells[key] = {**cells[same], "same_as": same}     # scores: ECoFLaP = its local method
+                        continue
                     t0 = time.time()
                     sparse = copy.deepcopy(dense)
                     spec = SparsifySpec(method=method, sparsity=s, pattern=pattern, scores=scores or "zeroth",

@@ -74,7 +74,7 @@ class Owner:
 
 
 #: Default owner: recognises nothing, so only an absent or empty folder is replaced. Writers of folders that
-#: are rewritten in place pass their own Owner (models.io.model_dir_owner, exporting.bundle.BUNDLE_OWNER, ...).
+#: are rewritten in place pass their own Owner (models.files.model_dir_owner, bundle.BUNDLE_OWNER, ...).
 NEW_ONLY = Owner("output")
 
 

@@ -106,6 +106,14 @@ class Variant(Record):
     method: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # the runtime opens these paths: a variant without both towers' files is not a variant
+        if not isinstance(self.files, dict) or set(self.files) != set(TOWERS) or \
+                not all(isinstance(f, str) and f for f in self.files.values()):
+            raise ValueError(f"a variant's files name one graph per tower ({', '.join(TOWERS)}), got {self.files!r}")
+        if not isinstance(self.precision, str):
+            raise ValueError(f"a variant's precision is a name, got {self.precision!r}")
+
 
 @dataclass
 class Engine(Record):

@@ -11,6 +11,7 @@ from typing import Iterator
 import typer
 from rich.console import Console
 
+from ..atomic import no_room_cause
 from ..errors import MopeError
 
 console = Console()
@@ -60,4 +61,13 @@ def user_errors() -> Iterator[None]:
         if _state["debug"]:
             raise
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    except (OSError, RuntimeError) as e:
+        cause = no_room_cause(e)     # a full disk in a write outside the atomic helpers (e.g. a log append)
+        if cause is None or _state["debug"]:
+            raise
+        where = f" ({cause.filename})" if cause.filename else ""
+        err_console.print(f"[bold red]error:[/] no space left to write{where}: {cause.strerror}; free disk space "
+                          "(or raise the file-size limit) and run the command again (interrupted runs resume)",
+                          highlight=False)
         raise typer.Exit(2) from None

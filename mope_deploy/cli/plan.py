@@ -38,6 +38,9 @@ def plan(
     max_depth: int = typer.Option(4, "--max-depth", min=1, help="Deepest shape timed for the cost model."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cost-model cache (default $MOPE_PLAN_CACHE "
                                              "or ~/.cache/mope-deploy/plans)."),
+    lock: Optional[str] = typer.Option(None, "--timing-lock", help="A lock file held (flock) during the timed rounds "
+                                       "only, e.g. /tmp/mope-timing.lock on a machine shared with other benchmarks; "
+                                       "building and exporting the shapes runs outside it."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     record: bool = typer.Option(False, "--record", help="TEACHER is a finished `mope compress` run whose recipe had "
                                 "prune.latency: time its student on the planned backend and batch and write "
@@ -55,7 +58,7 @@ def plan(
 
     with user_errors():
         settings = MeasureSettings(backend=backend, batch=batch, threads=threads, iters=iters, progress=not quiet,
-                                   clock=clock)
+                                   clock=clock, lock=lock)
         table = ScoreTable.load(scores) if scores else None
         request = PlanRequest(teacher, latency_ms=latency, speedup=speedup, tower=tower, settings=settings,
                               scores=table, max_depth=max_depth, cache_dir=cache_dir).check()

@@ -36,3 +36,21 @@ def test_internal_failures_are_not_dressed_as_user_errors(monkeypatch):
     monkeypatch.setattr(info_cmd, "load_config", bug)
     r = runner.invoke(app, ["info", "demo"])
     assert r.exit_code == 1 and isinstance(r.exception, ValueError)
+
+
+def test_a_full_disk_outside_the_atomic_writers_is_one_line():
+    """An append (e.g. metrics.jsonl) that hits a full disk: exit 2 and one line, not a traceback."""
+    import errno
+
+    import pytest
+
+    import typer
+    from mope_deploy.cli.common import user_errors
+
+    with pytest.raises(typer.Exit) as ex:
+        with user_errors():
+            raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl")
+    assert ex.value.exit_code == 2
+    with pytest.raises(OSError):                       # any other OSError is a bug and keeps its traceback
+        with user_errors():
+            raise OSError(errno.EACCES, "Permission denied")

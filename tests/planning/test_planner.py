@@ -176,3 +176,26 @@ def test_a_gpu_backend_is_refused_on_a_cpu_machine(tmp_path, fake_timer):
 def test_open_clip_backend_is_refused_it_runs_named_models_only(tmp_path, fake_timer):
     with pytest.raises(PlanningError, match="plan on 'torch'"):
         plan(request(tmp_path, speedup=2.0, settings=MeasureSettings("open_clip", progress=False)))
+
+
+def test_the_timing_lock_is_held_only_inside_the_context(tmp_path):
+    import fcntl
+
+    from mope_deploy.planning.measure import timing_lock
+
+    path = tmp_path / "timing.lock"
+
+    def free() -> bool:
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return True
+
+    with timing_lock(str(path)):
+        assert not free()
+    assert free()
+    with timing_lock(None):  # no lock asked for: nothing taken
+        pass

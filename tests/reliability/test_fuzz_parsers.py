@@ -416,10 +416,7 @@ def _bundle(root: Path, raw: bytes) -> None:
     answers(b.verify)
 
 
-@pytest.mark.xfail(reason="found by this fuzzer, open (bundle package): a variant's `files` that is not "
-                   "{vision: str, text: str} passes the manifest reader, then Bundle.variant_files / runtime_files "
-                   "raise KeyError or TypeError; remove this mark once the reader validates it", strict=False)
-@settings(FUZZ, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking while it is known to fail
+@FUZZ     # found by this fuzzer (fixed: the reader validates each variant's files)
 @given(data=st.data(), schema=st.sampled_from(["v2", "v3"]))
 def test_fuzz_manifest_mutated(data, schema, manifests, tmp_path):
     _bundle(tmp_path, json.dumps(mutate(data, manifests[schema])).encode())
