@@ -25,13 +25,15 @@ STAGES: tuple[str, ...] = ("pretraining", "finetuning")
 ORDERS: tuple[str, ...] = ("width-first", "depth-first", "joint")
 
 #: ``mope export --format``
-FORMATS: tuple[str, ...] = ("onnx", "tensorrt", "torch-tensorrt", "triton")
+FORMATS: tuple[str, ...] = ("onnx", "tensorrt", "torch-tensorrt", "triton", "openvino")
 #: ``mope export --precision``
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 #: ONNX graph variants a bundle may hold (same I/O contract each; fused: com.microsoft Attention, ORT only)
 VARIANTS: tuple[str, ...] = ("fp32", "optimized", "int8", "fp16", "fused")
-#: how ``--precision int8`` ONNX graphs are quantised: per call (dynamic) or with calibrated scales (static QDQ)
-INT8_METHODS: tuple[str, ...] = ("dynamic", "static")
+#: how ``--precision int8`` ONNX graphs are quantised: QAttention/MatMulInteger with calibrated activation scales
+#: (calibrated: the default, batch-invariant), per call over the whole batch (dynamic: an embedding depends on its
+#: batch-mates), or static QDQ (standard ops, also read by TensorRT)
+INT8_METHODS: tuple[str, ...] = ("calibrated", "dynamic", "static")
 #: torch.onnx exporters (``auto`` = the one with the lower measured peak memory)
 EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "legacy")
 #: weight-sparsity methods (``mope sparsify --method``; a recipe's ``sparsity.method``), ECoFLaP's block scores,

@@ -14,8 +14,9 @@ from ..progress import progress_bar
 from ..vocab import TOWERS
 from .common import MODEL_HELP, UsageError, console, user_errors
 
-BACKEND_HELP = ("torch, torch-compile, open_clip (an open_clip name, eager), onnxruntime, onnxruntime-int8, tensorrt "
-                "(an export bundle with engines; CUDA). Repeat or separate with commas.")
+BACKEND_HELP = ("torch, torch-compile, open_clip (an open_clip name, eager), onnxruntime, onnxruntime-int8, openvino "
+                "(OpenVINO IR; pip install 'mope-deploy[openvino]'), tensorrt (an export bundle with engines; CUDA). "
+                "Repeat or separate with commas.")
 
 
 def _progress(quiet: bool) -> Progress:

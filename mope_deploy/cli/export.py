@@ -17,8 +17,8 @@ def export(
                              "(written atomically; replaced only when the new bundle is complete)."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     formats: List[str] = typer.Option(["onnx"], "--format", "-f",
-                                      help="onnx | tensorrt | torch-tensorrt | triton (repeatable or "
-                                           "comma-separated)."),
+                                      help="onnx | tensorrt | torch-tensorrt | triton | openvino "
+                                           "(repeatable or comma-separated)."),
     precision: str = typer.Option("fp32", "--precision", "-p", help="fp32 | fp16 | int8."),
     batch_sizes: str = typer.Option("1,8,64", "--batch-sizes", help="MIN,OPT,MAX of the dynamic batch axis."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data",
@@ -32,7 +32,9 @@ def export(
     fused: bool = typer.Option(True, "--fused/--no-fused", help="Also write ONNX Runtime graphs with one fused "
                                "com.microsoft Attention per block (kept only if they pass the gates; int8 is "
                                "quantised from them, attention included)."),
-    int8_method: str = typer.Option("dynamic", "--int8-method", help="dynamic | static (QDQ calibrated on "
+    int8_method: str = typer.Option("calibrated", "--int8-method", help="calibrated (fixed activation scales from "
+                                    "--eval-data: an input's embedding does not depend on its batch) | dynamic "
+                                    "(per-batch scales: embeddings move with batch-mates) | static (QDQ calibrated on "
                                     "--eval-data; standard ops, also read by TensorRT)."),
     int8_fp32_nodes: int = typer.Option(0, "--int8-fp32-nodes", min=0, help="Keep the N nodes whose int8 error "
                                         "hurts the embeddings most (measured on --eval-data) in fp32."),

@@ -10,7 +10,7 @@ import typer
 
 from .common import FORCE_HELP, MODEL_HELP, UsageError, console, err_console, user_errors
 
-BACKEND_HELP = ("An encoder backend of the runtime registry: onnxruntime, onnxruntime-int8, torch, tensorrt, ... "
+BACKEND_HELP = ("An encoder backend of the runtime registry: onnxruntime, onnxruntime-int8, openvino, torch, tensorrt, ... "
                 "(default: onnxruntime for an export bundle, torch for a model).")
 
 DATA_HELP = ("'synthetic[:SPLIT]', a CSV/TSV (or a folder with captions.csv), a Karpathy JSON, WebDataset shards "

@@ -70,7 +70,8 @@ class ExportConfig:
     images) the recall gate and int8 calibration use; ``max_recall_drop``: Recall Mean points a variant may
     lose vs fp32; ``fused``: also write ONNX Runtime graphs with one ``com.microsoft::Attention`` per block
     (kept only if they pass the parity and recall gates; int8 is quantised from them, attention included);
-    ``int8_method``: dynamic | static (QDQ, calibrated on ``eval_data``); ``int8_fp32_nodes``: keep the N
+    ``int8_method``: calibrated (default: fixed activation scales measured on ``eval_data``, else the synthetic set;
+    batch-invariant) | dynamic (per-batch scales) | static (QDQ, calibrated on ``eval_data``); ``int8_fp32_nodes``: keep the N
     quantisable nodes whose int8 error hurts the embeddings most in fp32 (a measured sensitivity pass);
     ``sparse``/``workspace_gb``/``timing_cache``: TensorRT builder settings; ``source``: the
     model spec, recorded in the manifest.
@@ -90,7 +91,7 @@ class ExportConfig:
     max_recall_drop: float = MAX_RECALL_DROP
     skip_recall_gate: bool = False
     fused: bool = True
-    int8_method: str = "dynamic"
+    int8_method: str = "calibrated"
     int8_fp32_nodes: int = 0
     sparse: bool = False
     workspace_gb: float = 4.0
@@ -143,7 +144,7 @@ class ExportConfig:
         if self.precision == "int8" and "tensorrt" in self.formats:
             return "TensorRT int8 calibrates on real inputs: give --eval-data SPEC"
         if self.precision == "int8" and self.int8_method == "static":
-            return "--int8-method static calibrates on real inputs: give --eval-data SPEC (or use --int8-method dynamic)"
+            return "--int8-method static calibrates on real inputs: give --eval-data SPEC (or use --int8-method calibrated)"
         if self.precision == "int8" and self.int8_fp32_nodes:
             return "--int8-fp32-nodes measures each node's effect on real inputs: give --eval-data SPEC"
         return None

@@ -31,6 +31,10 @@ def preflight(config: ExportConfig, eval_inputs: EvalInputs | None = None) -> No
 
     if "tensorrt" in config.formats:
         trt.require_tensorrt()
+    if "openvino" in config.formats:
+        from .openvino import require_openvino
+
+        require_openvino(int8=True)
     if "torch-tensorrt" in config.formats:
         if config.precision == "int8":
             raise ExportConfigError("torch-tensorrt int8 needs a ModelOpt-quantised model: use --format tensorrt for "
@@ -53,6 +57,10 @@ def export_bundle(model: SlimCLIP, out_dir: str | Path, config: ExportConfig | N
         run.root = Path(tmp)
         steps.onnx_steps(run)
         deploy, runtime = steps.runtime_section(run.variants, config.precision, run.base)
+        if "openvino" in config.formats:
+            chosen = steps.openvino_step(run)
+            if chosen:
+                runtime["openvino"] = chosen
         if "tensorrt" in config.formats:
             run.engines["tensorrt"] = steps.engines_step(run)
         if "torch-tensorrt" in config.formats:

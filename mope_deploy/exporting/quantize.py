@@ -310,6 +310,10 @@ def quantize_calibrated_int8(src: str | Path, dst: str | Path, calibration_batch
     if not batches:
         raise ValueError("no calibration batches: give at least one batch of real inputs (--eval-data)")
     info = quantize_dynamic_int8(src, dst, attention=attention, exclude_nodes=exclude_nodes)
+    m = onnx.load(str(dst))
+    if not _dql_nodes(m):  # nothing quantised per call (every node excluded): already batch-invariant
+        return {**info, "method": "calibrated", "quantiser": info["method"], "static_activations": 0}
+    del m
     ranges = activation_ranges(dst, batches, threads)
     m = onnx.load(str(dst))
     nodes = []

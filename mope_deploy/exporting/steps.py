@@ -185,6 +185,8 @@ def int8_step(run: ExportRun) -> Variant:
     method = c.int8_method
     run.say(f"int8 ONNX variant ({method})")
     calib = _calibration(run.ev)
+    if method == "calibrated" and not all(calib.values()):  # no --eval-data: the seeded synthetic set
+        calib = q.synthetic_calibration(run.model.config)
     src = "fp32" if method == "static" else run.base
 
     def quant(s: Path, d: Path, exclude, tower: str) -> dict[str, Any]:
@@ -207,6 +209,21 @@ def int8_step(run: ExportRun) -> Variant:
     invariant = getattr(q, "BATCH_INVARIANT", {}).get(method)
     return Variant(files=variant_names("int8"), precision="int8", made_from=src, method=how["vision"],
                    batch_invariant=invariant, details=details)
+
+
+def openvino_step(run: ExportRun) -> dict[str, str] | None:
+    """OpenVINO IR (fp32 and NNCF int8) from the fp32 graphs, under the same gates (:mod:`.openvino`); adds the
+    variants kept and the refused ones to ``run``; returns the per-tower choice for ``runtime["openvino"]``."""
+    from . import openvino as ovx
+
+    ort = run.variants.get("int8")
+    ort_int8 = ("int8", {t: run.root / ort.files[t] for t in TOWERS}) if ort is not None and ort.batch_invariant \
+        else None
+    rec = ovx.export_openvino(run.model, run.root, {t: run.root / onnx_name(t) for t in TOWERS}, run.ev,
+                              ovx.OpenVINOExportConfig.from_export(run.config), ort_int8, run.say)
+    run.variants.update({n: Variant.from_dict(v) for n, v in rec["variants"].items()})
+    run.refused.update(rec["refused"])
+    return rec["runtime"] or None
 
 
 def fp16_step(run: ExportRun) -> Variant:

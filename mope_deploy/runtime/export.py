@@ -1,6 +1,6 @@
 """What a runtime needs from the exporter, through exporting's public steps only (never its orchestrator):
 a SlimCLIP as an ONNX bundle (:func:`export_model`), and int8 copies of a bundle that has none
-(:func:`int8_files`, with exporting's one dynamic quantiser)."""
+(:func:`int8_files`, with exporting's calibrated quantiser: batch-invariant)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..vocab import TOWERS
 
 def export_model(model: Any, out_dir: str | Path, int8: bool = False) -> Path:
     """Export a SlimCLIP to an ONNX bundle for ONNX Runtime (unnormalised embeddings: the encoder normalises):
-    fp32 graphs, the ORT variants (optimized, fused) and with ``int8`` dynamically quantised ones (no recall
+    fp32 graphs, the ORT variants (optimized, fused) and with ``int8`` calibrated int8 ones (no recall
     gate: there is no evaluation data here; the parity gates still run)."""
     from ..exporting.config import ExportConfig
     from ..exporting.steps import export_onnx
@@ -28,12 +28,13 @@ def export_model(model: Any, out_dir: str | Path, int8: bool = False) -> Path:
 def int8_files(bundle: str | Path, work_dir: str | Path) -> dict[str, Path]:
     """The bundle's int8 graphs, or int8 copies quantised into ``work_dir`` (never into the bundle) from the
     graphs the manifest deploys on ONNX Runtime (fused ones become QAttention), with exporting's
-    :func:`~mope_deploy.exporting.quantize.quantize_dynamic_int8`."""
+    :func:`~mope_deploy.exporting.quantize.quantize_calibrated_int8` (activation scales from the seeded synthetic
+    set through the bundle's preprocess/tokenizer)."""
     b = Bundle(bundle)
     found = b.variant_files("int8")
     if found:
         return found
-    from ..exporting.quantize import quantize_dynamic_int8
+    from ..exporting.quantize import quantize_calibrated_int8, synthetic_calibration
 
     chosen, src = b.runtime_files(ONNXRUNTIME)
     for tower, name in chosen.items():  # an fp16 deployment: quantise the plain fp32 graphs instead
@@ -41,6 +42,7 @@ def int8_files(bundle: str | Path, work_dir: str | Path) -> dict[str, Path]:
             src[tower] = b.onnx(tower, "fp32")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    calib = None  # fixed activation scales from the synthetic set: embeddings do not depend on their batch
     out = {}
     for tower in TOWERS:
         name = onnx_name(tower, "int8")
@@ -49,7 +51,8 @@ def int8_files(bundle: str | Path, work_dir: str | Path) -> dict[str, Path]:
             # quantise under the final name in a scratch dir (external weights refer to it by name), then move
             scratch = Path(tempfile.mkdtemp(prefix=".int8-", dir=work_dir))
             try:
-                quantize_dynamic_int8(src[tower], scratch / name, attention=True)
+                calib = calib or synthetic_calibration(b.config())
+                quantize_calibrated_int8(src[tower], scratch / name, calib[tower], attention=True)
                 for f in sorted(scratch.iterdir(), key=lambda f: f.name == name):  # graph last
                     f.replace(work_dir / f.name)
             finally:

@@ -88,6 +88,26 @@ class OpenVINOEncoder(Encoder):
             else:
                 self._run[t] = self._ort_fn(b, t, self.plan[t], threads, ort_settings)
 
+    @classmethod
+    def from_model(cls, model: Any, work_dir: str | Path | None = None, **kwargs: Any) -> "OpenVINOEncoder":
+        """Export a SlimCLIP into ``work_dir`` (default: a temporary directory this encoder owns) as a bundle with
+        ONNX Runtime's calibrated int8 graphs and the OpenVINO IR (calibrated on the seeded synthetic set; no
+        recall gate without evaluation data), then open it."""
+        import tempfile
+
+        from ..exporting.openvino import add_to_bundle
+        from .export import export_model
+
+        owned = None
+        if work_dir is None:
+            owned = tempfile.TemporaryDirectory(prefix="mope-openvino-")
+            work_dir = owned.name
+        bundle = export_model(model, Path(work_dir) / "bundle", int8=True)
+        add_to_bundle(bundle, model)
+        enc = cls(bundle, **kwargs)
+        enc._owned_dir = owned  # the export lives as long as the encoder
+        return enc
+
     def _ort_fn(self, b: Bundle, tower: str, variant: str, threads: int | None, settings: Any):
         from .onnxruntime_backend import OnnxRuntimeEncoder
 

@@ -183,6 +183,19 @@ def _open_tensorrt(model: Any, o: OpenOptions) -> Encoder:
     return TensorRTEncoder(model, device=o.device or "cuda")
 
 
+def _open_openvino(model: Any, o: OpenOptions) -> Encoder:
+    from .openvino_backend import OpenVINOEncoder
+    if Bundle.is_bundle(model):
+        return OpenVINOEncoder(model, threads=o.threads, variant=o.variant, ort_settings=o.ort_settings)
+    return OpenVINOEncoder.from_model(as_slimclip(model, "openvino"), work_dir=o.work_dir, threads=o.threads,
+                                      variant=o.variant, ort_settings=o.ort_settings)
+
+
+def _openvino_requires() -> str | None:
+    from .openvino_backend import openvino_status
+    return openvino_status()
+
+
 _ORT_MISSING = "onnxruntime is not installed (pip install onnxruntime)"
 register(Backend("torch", MODEL, _open_torch(False), help="SlimCLIP eager"))
 register(Backend("torch-compile", MODEL, _open_torch(True), _compile_requires, help="SlimCLIP under torch.compile"))
@@ -195,6 +208,9 @@ register(Backend("onnxruntime-int8", ONNX, _open_onnxruntime(True), _needs("onnx
                  precision="int8", help="the bundle's int8 graphs (quantised into work_dir when absent)"))
 register(Backend("tensorrt", ENGINES, _open_tensorrt, _tensorrt_requires,
                  help="an export bundle with TensorRT engines (CUDA)"))
+register(Backend("openvino", ONNX, _open_openvino, _openvino_requires, precision="int8",
+                 help="a bundle's OpenVINO IR (mope export -f openvino), per tower the faster of the NNCF int8 IR "
+                      "and ONNX Runtime's int8 graph"))
 
 
 __all__ = ["Backend", "OpenOptions", "UnknownBackendError", "MODEL", "OPEN_CLIP", "ONNX", "ENGINES", "register",

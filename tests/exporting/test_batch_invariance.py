@@ -123,3 +123,50 @@ def test_synthetic_calibration_is_the_models_own_inputs(demo):
     np.testing.assert_array_equal(cal["vision"][0][3], want)
     assert cal["text"][0].dtype == np.int32
     np.testing.assert_array_equal(cal["text"][0][1], np.asarray(model.tokenizer([ds.captions[1]]))[0])
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(demo, tmp_path_factory):
+    from mope_deploy.exporting.config import ExportConfig
+    from mope_deploy.exporting.pipeline import export_bundle
+
+    model, _, _, _, test = demo
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    manifest = export_bundle(model, out, ExportConfig(precision="int8", optimize=False), eval_inputs=test)
+    return out, manifest
+
+
+def test_the_default_int8_export_is_calibrated_batch_invariant_and_recall_gated(int8_bundle):
+    _, manifest = int8_bundle
+    v = manifest.variants["int8"]
+    assert manifest.export_config["int8_method"] == "calibrated" and v.method["method"] == "calibrated"
+    assert v.batch_invariant is True and v.made_from == "fused"
+    assert v.recall_gate == "passed" and -v.recall_delta <= MAX_RECALL_DROP
+    assert manifest.runtime["onnxruntime"] == {t: "int8" for t in TOWERS}  # what serve/index open by default
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "onnxruntime-int8"])
+def test_the_served_and_indexed_encoder_gives_one_embedding_alone_or_in_any_batch(int8_bundle, backend):
+    from mope_deploy.data.datasets import load_dataset
+    from mope_deploy.runtime import open_encoder
+
+    out, _ = int8_bundle
+    enc = open_encoder(out, backend, threads=1)
+    assert enc.describe()["variant"] == "int8"
+    ds = load_dataset("synthetic:test").head(8)
+    images, texts = [ds.images[i] for i in range(8)], list(ds.captions[:8])
+    for encode, items in ((enc.encode_images, images), (enc.encode_texts, texts)):
+        alone = np.concatenate([encode(items[i:i + 1]) for i in range(8)])
+        for b in (3, 8):
+            together = encode(items, batch_size=b)
+            assert np.abs(together - alone).max() <= TOL, (encode.__name__, b)
+
+
+def test_dynamic_int8_stays_available_by_name_and_is_recorded_batch_dependent(demo, tmp_path):
+    from mope_deploy.exporting.config import ExportConfig
+    from mope_deploy.exporting.pipeline import export_bundle
+
+    model, _, _, _, test = demo
+    m = export_bundle(model, tmp_path / "dyn", ExportConfig(precision="int8", optimize=False, int8_method="dynamic",
+                                                            max_recall_drop=100.0), eval_inputs=test)
+    assert m.variants["int8"].batch_invariant is False and m.variants["int8"].method["method"] != "calibrated"

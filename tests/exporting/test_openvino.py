@@ -148,3 +148,33 @@ def test_without_eval_data_int8_is_calibrated_on_the_synthetic_set(demo, tmp_pat
     assert int8["recall_gate"] == "no --eval-data" and "recall" not in int8
     assert int8["method"]["calibration_inputs"] == 16 and int8["batch_invariant"]
     assert int8["agreement_vs_fp32"]["vision"]["min_cosine"] > 0.99
+
+
+def test_mope_export_format_openvino_writes_gated_ir_and_the_runtime_choice(demo, tmp_path):
+    from mope_deploy.exporting.config import ExportConfig
+    from mope_deploy.exporting.pipeline import export_bundle
+    from mope_deploy.runtime import open_encoder
+
+    model, _, ev = demo
+    out = tmp_path / "bundle"
+    m = export_bundle(model, out, ExportConfig(formats=("onnx", "openvino"), precision="int8", optimize=False),
+                      eval_inputs=ev)
+    assert {ovx.FP32, ovx.INT8} <= set(m.variants)
+    assert m.variants[ovx.FP32].parity["passed"] and m.variants[ovx.INT8].recall_gate == "passed"
+    assert m.variants[ovx.INT8].batch_invariant and m.variants["int8"].batch_invariant
+    assert set(m.runtime["openvino"].values()) <= {ovx.INT8, "int8"}
+    assert all((out / f).is_file() for f in m.variants[ovx.INT8].files.values())
+    assert any(k.endswith(".openvino-int8.bin") for k in m.files)  # hashed like every bundle file
+    enc = open_encoder(out, "openvino", threads=1)
+    assert enc.describe()["towers"] == m.runtime["openvino"]
+    e = enc.encode_texts(["a red circle", "a blue square"])
+    assert e.shape == (2, model.config.embed_dim) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+
+
+def test_export_refuses_openvino_before_work_when_it_is_not_installed(monkeypatch, tmp_path):
+    from mope_deploy.exporting.config import ExportConfig
+    from mope_deploy.exporting.pipeline import preflight
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(ovx.OpenVINOUnavailableError, match="mope-deploy\\[openvino\\]"):
+        preflight(ExportConfig(formats=("openvino",)))

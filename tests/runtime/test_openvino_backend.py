@@ -124,3 +124,30 @@ def test_without_openvino_the_backend_is_unavailable_with_the_install_command(mo
 
     with pytest.raises(BackendUnavailableError, match="mope-deploy\\[openvino\\]"):
         ovb.OpenVINOEncoder(out)
+
+
+def test_the_registry_lists_openvino_as_unavailable_with_the_install_command(monkeypatch):
+    from mope_deploy.runtime import available_backends, backend_status, check_backend
+    from mope_deploy.device import BackendUnavailableError
+
+    assert "openvino" in available_backends() and backend_status("openvino") is None
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert "openvino" not in available_backends()
+    assert "pip install 'mope-deploy[openvino]'" in backend_status("openvino")
+    with pytest.raises(BackendUnavailableError, match="mope-deploy\\[openvino\\]"):
+        check_backend("openvino")
+
+
+def test_open_encoder_openvino_on_a_bundle_and_on_a_model(bundle):
+    from mope_deploy.models import SlimCLIP
+    from mope_deploy.models.tiny import tiny_config
+    from mope_deploy.runtime import open_encoder
+
+    _, out, ev = bundle
+    enc = open_encoder(out, "openvino", threads=1)
+    assert enc.backend == "openvino"
+    torch.manual_seed(0)
+    tiny = SlimCLIP(tiny_config()).eval()
+    enc2 = open_encoder(tiny, "openvino", threads=1)  # exported (ORT calibrated int8 + IR) into a folder it owns
+    assert enc2.describe()["variant"] in (ovx.INT8, ovx.FP32)
+    assert enc2.encode_texts(["a"]).shape == (1, tiny.config.embed_dim)
