@@ -23,7 +23,7 @@ test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # the pytest-benchmark suites are benchmarks/bench_*.py, which pytest's default file pattern (test_*.py) skips;
-# `make bench BENCH_ARGS=--benchmark-disable` runs each benchmark once as a plain test (what CI does)
+# `make bench BENCH_ARGS=--benchmark-disable` runs each benchmark once as a plain test (a quick check that they run)
 BENCH_ARGS ?= --benchmark-enable --benchmark-only
 bench: setup
 	$(PY) -m pytest benchmarks -o python_files='bench_*.py' -q -p no:cacheprovider $(BENCH_ARGS)

@@ -9,7 +9,8 @@ shipped demo teacher. Levers (ONNX Runtime unless said): plain fp32 graph, ORT t
 fused fp32 (one com.microsoft Attention per block), fused + ORT's other fusions (``-opt``), dynamic int8 of the
 optimised plain graph (the previous default), dynamic int8 of the fused graph without / with QAttention (and of
 fused-opt), QAttention int8 with calibrated activation scales (``ort-int8-calibrated``: batch-invariant, the
-default int8), OpenVINO IR fp32 / NNCF int8 / NNCF int8 under the THROUGHPUT hint (``ov-*``), static QDQ int8 (symmetric int8 activations,
+default int8), OpenVINO IR fp32 / NNCF int8 / NNCF int8 under the THROUGHPUT hint (``ov-*``), static QDQ int8
+(symmetric int8 activations,
 TensorRT's form) and static QDQ uint8 (ORT CPU's form), the three static ones calibrated on ``--calib`` batches;
 torch eager fp32, torch bf16 (AVX-512 BF16 / AMX through oneDNN) and torch.compile (inductor) bf16. Each
 variant's embeddings are compared with the plain fp32 graph's (cosine).
@@ -51,7 +52,7 @@ def build(model_name: str):
 
 def make_graphs(model, work: Path, levers, calib: int, say) -> dict[str, dict[str, Path]]:
     from mope_deploy.exporting.onnx import write_onnx
-    from mope_deploy.exporting.ort_fused import graph_inputs, write_fused_onnx
+    from mope_deploy.exporting.ort_fused import write_fused_onnx
     from mope_deploy.exporting.quantize import quantize_dynamic_int8, quantize_static_qdq
     from mope_deploy.exporting.variants import optimize_onnx
 

@@ -285,8 +285,8 @@ def batching(kinds: list[str], check: Check, warmup: int, iters: int, device: st
             thr = {}
             for b in batches:
                 images, tokens = _inputs(cfg, b, device)
-                fn = (lambda x=images.to(dtype): model.encode_image(x)) if tower == "vision" else \
-                    (lambda x=tokens: model.encode_text(x))
+                fn = (lambda x=images.to(dtype), m=model: m.encode_image(x)) if tower == "vision" else \
+                    (lambda x=tokens, m=model: m.encode_text(x))
                 with torch.inference_mode():
                     ms = time_ms(fn, warmup, iters, device)["median_ms"]
                 thr[b] = b / (ms / 1e3)

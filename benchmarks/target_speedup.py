@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -193,7 +192,8 @@ def ratios(rows: dict[str, dict[str, Any]], student: str, teacher: str, referenc
            "deployment_ratio_fastest_calls": ref["min_ms"] / best(student, "min_ms")["min_ms"],
            "fair_ratio": t["median_ms"] / s["median_ms"],
            "fair_ratio_fastest_calls": best(teacher, "min_ms")["min_ms"] / best(student, "min_ms")["min_ms"]}
-    out["per_backend"] = {r["backend"]: {"student_ms": r["median_ms"], "deployment_ratio": ref["median_ms"] / r["median_ms"],
+    out["per_backend"] = {r["backend"]: {"student_ms": r["median_ms"],
+                                         "deployment_ratio": ref["median_ms"] / r["median_ms"],
                                          **({"fair_same_backend": rows[f"{teacher}|{r['backend']}"]["median_ms"]
                                              / r["median_ms"]} if f"{teacher}|{r['backend']}" in rows else {})}
                           for r in rows.values() if r["model"] == student}

@@ -310,9 +310,10 @@ def _prefix(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` (files are always replaceable:
-    callers write files inside folders they own, or paths the user named as the file to write)."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file name beside ``path`` for libraries that write by name (safetensors, onnx); on a clean
+    exit it is fsynced and replaces ``path`` (files are always replaceable: callers write files inside folders
+    they own, or paths the user named as the file to write)."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         raise OutputPathError(f"cannot write the file {path}: it is an existing folder; give a file name")
@@ -320,13 +321,13 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(path)
         fd, tmp = tempfile.mkstemp(prefix=_prefix(path), dir=path.parent)
+        os.close(fd)
     except OSError as e:
         raise _os_error(path, e) from None
     with _live_temp(tmp):
         try:
-            with os.fdopen(fd, mode) as f:
-                yield f
-                f.flush()
+            yield Path(tmp)
+            with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
@@ -334,6 +335,15 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             Path(tmp).unlink(missing_ok=True)
             _no_room(path, e)
             raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

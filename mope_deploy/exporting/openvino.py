@@ -465,8 +465,9 @@ def export_openvino(model: Any, root: str | Path, onnx_files: dict[str, Path], e
 def add_to_bundle(root: str | Path, model: Any, ev: Any = None, config: OpenVINOExportConfig | None = None,
                   say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """:func:`export_openvino` on an existing bundle (its fp32 ONNX graphs; its ONNX Runtime int8 variant, when
-    present and batch-invariant, is the per-tower alternative), recorded in its manifest: the IR variants in ``variants``, the
-    refused ones in ``refused_variants``, the per-tower choice in ``runtime["openvino"]``. Returns the record."""
+    present and batch-invariant, is the per-tower alternative), recorded in its manifest: the IR variants in
+    ``variants``, the refused ones in ``refused_variants``, the per-tower choice in ``runtime["openvino"]``.
+    Returns the record."""
     from ..bundle import Bundle, Variant
 
     b = Bundle(root)
@@ -487,7 +488,8 @@ def add_to_bundle(root: str | Path, model: Any, ev: Any = None, config: OpenVINO
     return rec
 
 
-__all__ = ["OpenVINOExportConfig", "OpenVINOUnavailableError", "export_openvino", "add_to_bundle", "convert_to_ir", "quantize_ir",
+__all__ = ["OpenVINOExportConfig", "OpenVINOUnavailableError", "export_openvino", "add_to_bundle", "convert_to_ir",
+           "quantize_ir",
            "compile_ir", "run_compiled", "batch_invariance", "sensitive_ops", "ir_name", "ir_files",
            "openvino_missing", "require_openvino", "INSTALL", "FP32", "INT8", "VARIANTS", "INFERENCE_PRECISIONS",
            "PERFORMANCE_HINTS"]

@@ -381,6 +381,7 @@ def batch_invariance(path: str | Path, inputs: np.ndarray, batch_sizes: Sequence
 
 
 __all__ = ["quantize_dynamic_int8", "quantize_calibrated_int8", "quantize_static_qdq", "batch_invariance",
-           "activation_ranges", "uint8_scale", "BATCH_INVARIANT", "synthetic_calibration", "SYNTHETIC_CALIBRATION", "BatchReader", "calibration_batches", "quantizable_nodes",
+           "activation_ranges", "uint8_scale", "BATCH_INVARIANT", "synthetic_calibration", "SYNTHETIC_CALIBRATION",
+           "BatchReader", "calibration_batches", "quantizable_nodes",
            "sensitivity",
            "pick_fp32_nodes", "cosine_stats"]

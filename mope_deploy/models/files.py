@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save as save_bytes
+from safetensors.torch import save_file
 
-from ..atomic import Owner, atomic_dir, atomic_file, check_target
+from ..atomic import Owner, atomic_dir, atomic_file, atomic_path, check_target
 from ..errors import MopeError
 
 CONFIG_FILE = "config.json"
@@ -57,8 +57,8 @@ def _write_pair(model: Any, directory: Path) -> None:
     text = json.dumps(model.config.to_dict(), indent=2)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "pt", "arch_hash": model.config.arch_hash(), "config_sha256": _sha256_text(text)}
-    with atomic_file(directory / WEIGHTS_FILE) as fw:   # replaced last: weights name the config they belong to
-        fw.write(save_bytes(state, metadata=meta))
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:   # replaced last: weights name the config they belong to
+        save_file(state, str(tmp), metadata=meta)        # streamed to disk: no second copy of the weights in memory
         del state
         with atomic_file(directory / CONFIG_FILE, "w") as fc:
             fc.write(text)

@@ -44,8 +44,8 @@ class Limits:
 @dataclass
 class BatchSettings:
     """Cross-request batching. ``adaptive``: no fill wait (a batch is what queued while the previous one ran) and a
-    batch cap from the encoder's measured cost per input at warm-up (doubling stops where it saves < 10% per input),
-    never above ``max_batch``. ``fixed``: up to ``max_batch`` inputs, waiting up to ``max_wait_ms`` to fill."""
+    batch cap from the encoder's cost measured at warm-up (doubling stops where it saves < 10% per input, a batch's
+    fixed cost counted; no batch whose encoder time exceeds ``embedder.BATCH_BUDGET_S``), never above ``max_batch``. ``fixed``: up to ``max_batch`` inputs, waiting up to ``max_wait_ms`` to fill."""
 
     policy: str = "adaptive"
     max_batch: int = 32

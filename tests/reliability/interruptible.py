@@ -15,7 +15,7 @@ import time
 def main() -> None:
     point, args = sys.argv[1], sys.argv[2:]
     if point == "save":
-        import mope_deploy.models.io as io
+        import mope_deploy.models.files as io
 
         real = io.save_file
 

@@ -380,6 +380,7 @@ def test_unknown_paths_leave_metrics_and_memory_bounded(demo_encoder):
     proc = psutil.Process()
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         auth = {"Authorization": f"Bearer {KEY}"}
+        wait_ready(c)                                            # the encoders' first runs allocate: not counted
         for i in range(300):                                     # allocator warm-up: not counted
             c.get(f"/warm/{i}", headers=auth if i % 2 else {})
         rss0 = proc.memory_info().rss

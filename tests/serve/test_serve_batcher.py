@@ -138,16 +138,21 @@ def test_measure_costs_sweeps_until_the_knee():
         calls.append(b)
         clock[0] += 0.0008 + 0.001 * b
 
-    costs = measure_costs(run, max_batch=64, repeats=2, clock=lambda: clock[0])
+    costs = measure_costs(run, max_batch=64, repeats=2, clock=lambda: clock[0], budget_s=1.0)
     assert list(costs) == [1, 2, 4, 8] and costs[1] == pytest.approx(0.0018)
     assert knee_batch(costs, 64) == 4                    # per input 1.8 -> 1.4 -> 1.2 -> 1.1 ms: 4 -> 8 saves 8%
     assert max(calls) == 8                               # the sweep stopped once doubling stopped paying
-    with_overhead = measure_costs(run, max_batch=64, repeats=1, overhead_s=0.004, clock=lambda: clock[0])
+    with_overhead = measure_costs(run, max_batch=64, repeats=1, overhead_s=0.004, clock=lambda: clock[0],
+                                  budget_s=1.0)
     assert knee_batch(with_overhead, 64) == 32           # a per-batch server cost favours bigger batches
+    budgeted = measure_costs(run, max_batch=64, repeats=1, overhead_s=0.004, clock=lambda: clock[0],
+                             budget_s=0.010)
+    assert max(budgeted) == 8 and knee_batch(budgeted, 64) == 8    # 16 inputs take 16.8 ms > the 10 ms budget
 
 
 def test_adaptive_policy_caps_batches_from_the_encoder_and_never_waits():
-    """LocalEmbedder's warm-up measures the encoder and caps the batchers; its fill wait is 0."""
+    """LocalEmbedder's warm-up measures the encoder and caps the batchers (never above the batch time budget); its
+    fill wait is 0."""
     from mope_deploy.serve.config import BatchSettings
     from mope_deploy.serve.embedder import LocalEmbedder
 
@@ -164,8 +169,8 @@ def test_adaptive_policy_caps_batches_from_the_encoder_and_never_waits():
         def preprocess(self, image):
             return np.zeros((3, 2, 2), dtype=np.float32)
 
-        def run_texts(self, tokens):                     # cost per input rises 15% per doubling: cap 1
-            time.sleep(0.003 * len(tokens) ** 1.2)
+        def run_texts(self, tokens):                     # 12 ms per input: a batch of 2 exceeds the budget
+            time.sleep(0.012 * len(tokens))
             return np.ones((len(tokens), 2), dtype=np.float32)
 
         run_images = run_texts
