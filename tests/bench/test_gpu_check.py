@@ -214,3 +214,13 @@ def test_token_rows_end_with_the_id_argmax_pools_at():
     _, tokens = gc._inputs(cfg, 6, "cpu")
     assert cfg.text.pool == "argmax"
     assert (tokens.max(dim=1).values == cfg.text.vocab_size - 1).all()
+
+
+def test_the_configs_built_without_pydantic_pass_the_schema():
+    """gpu_check's ViT-L/14 and the tiny configs skip the pydantic schema (the GPU machine has none): check them
+    here, where it is installed."""
+    from mope_deploy.models.tiny import tiny_config
+
+    gc = _load()
+    assert gc.vit_l14_config().validate().vision.width == 1024
+    assert tiny_config(width=64, heads=8, head_dim=8, depth=4, text_depth=2).validate().text.depth == 2

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from mope_deploy.models.config import CLIPConfig, ConfigError, ConfigFields, check_fields
+from mope_deploy.models.config import CLIPConfig, ConfigError, check_fields
+from mope_deploy.models.schema import ConfigFields
 from mope_deploy.models.io import read_config
 from mope_deploy.models.registry import DEMO_DIR
 from mope_deploy.models.tiny import tiny_config
@@ -85,7 +86,8 @@ def test_schema_is_the_dataclass_fields():
     """ConfigFields and CLIPConfig name the same fields (one schema: a field added to one is added to the other)."""
     import dataclasses
 
-    from mope_deploy.models.config import BlockConfig, BlockFields, TextConfig, TextFields, VisionConfig, VisionFields
+    from mope_deploy.models.config import BlockConfig, TextConfig, VisionConfig
+    from mope_deploy.models.schema import BlockFields, TextFields, VisionFields
 
     for dc, schema in ((CLIPConfig, ConfigFields), (VisionConfig, VisionFields), (TextConfig, TextFields),
                        (BlockConfig, BlockFields)):
