@@ -251,7 +251,9 @@ def recover(dense_model, sparse_model, data, spec: RecoverSpec = RecoverSpec(), 
     towers = tuple((sparse_model.config.sparsity or {}).get("towers", TOWERS))
     check_recover(spec, towers)
     lt = lora_towers(spec, towers)
-    model = attach(dense_model, sparse_model, spec.rank, lt, alpha=spec.alpha)
+    with torch.random.fork_rng(devices=[]):   # seeded adapters (a rerun gives the same model), global RNG untouched
+        torch.manual_seed(spec.seed)
+        model = attach(dense_model, sparse_model, spec.rank, lt, alpha=spec.alpha)
     if not any(p.requires_grad for p in model.parameters()):
         raise SparsityError("nothing to train: LoRA rank 0 or no sparsified linear in lora_towers")
     inner = clip_forward
