@@ -19,8 +19,13 @@ setup: $(VENV)/.installed
 demo: setup
 	$(MOPE) compress --out runs/demo
 
+# The suite runs in two pytest processes. In one process, the torchrun test (tests/importance/test_distributed.py)
+# died with SIGSEGV after the ~330 export/bench tests before it (native state of ONNX Runtime, OpenVINO,
+# torch.export accumulates in one interpreter); each half passes on its own. Cause still open: see the notes.
+TESTS_A := tests/bench tests/bundle tests/cli tests/compress tests/data tests/distill tests/eval tests/exporting
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider $(TESTS_A)
+	$(PY) -m pytest -q -p no:cacheprovider tests $(addprefix --ignore=,$(TESTS_A))
 
 # the pytest-benchmark suites are benchmarks/bench_*.py, which pytest's default file pattern (test_*.py) skips;
 # `make bench BENCH_ARGS=--benchmark-disable` runs each benchmark once as a plain test (a quick check that they run)

@@ -85,7 +85,8 @@ def torchrun(tmp_path):
         path.write_text(script)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                               str(path), *args], capture_output=True, text=True, timeout=timeout, env=env)
+                               str(path), *args], capture_output=True, text=True, timeout=timeout, env=env,
+                              start_new_session=True)   # its own process group: nothing it signals reaches pytest
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
