@@ -52,10 +52,17 @@ def plot_latency(report: dict[str, Any], path: str | Path, title: str | None = N
         ax.legend()
     env = report.get("environment", {})
     fig.suptitle(title or f"{env.get('gpu') or env.get('cpu', '')} ({env.get('device', '')})", fontsize=9)
+    return save_png(fig, path)
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it (every plot of the toolchain goes through here)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
         with atomic_file(path) as f:
             fig.savefig(f, dpi=120, format="png")
     finally:
         plt.close(fig)
-    return path
+    return Path(path)

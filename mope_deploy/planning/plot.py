@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import atomic_file
+from ..bench.plot import save_png
 from .errors import PlanningError
 from .planner import PlanResult
 
@@ -34,13 +34,7 @@ def plot_plan(result: PlanResult, path: str | Path) -> Path:
     ax.set_title(f"{result.to_dict(top=0)['teacher']} on {s.backend}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    try:
-        with atomic_file(path) as f:
-            fig.savefig(f, dpi=120, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 __all__ = ["plot_plan"]
