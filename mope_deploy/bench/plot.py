@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
-from ..atomic import atomic_file
+from ..atomic import FileOwner, atomic_file
 from .harness import BenchError
+
+
+#: a PNG this toolchain wrote (save_png tags it), under the output policy
+PLOT_FILE = FileOwner("mope plot (PNG)", lambda data: data.startswith(b"\x89PNG") and b"mope-deploy" in data[:4096])
 
 
 def model_points(results: Sequence[dict[str, Any]]) -> dict[tuple[int, str], list[tuple[float, float, str]]]:
@@ -62,7 +66,7 @@ def save_png(fig, path: str | Path) -> Path:
     fig.tight_layout()
     try:
         with atomic_file(path) as f:
-            fig.savefig(f, dpi=120, format="png")
+            fig.savefig(f, dpi=120, format="png", metadata={"Software": "mope-deploy"})
     finally:
         plt.close(fig)
     return Path(path)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..atomic import atomic_write_text
+from ..atomic import FileOwner, atomic_write_text, check_file_target, json_with
 from ..device import default_device
 from ..bundle import Bundle
 from ..models.config import CLIPConfig
@@ -268,6 +268,11 @@ def _model_summary(config: CLIPConfig) -> dict[str, Any]:
             "text": {"params": s["text"]["params"], "gflops": s["text"]["gflops"], "depth": s["text"]["depth"]}}
 
 
-def write_json(report: dict[str, Any], path: str | Path) -> Path:
-    """Write ``report`` to ``path`` atomically (temp file in the same directory, then rename)."""
+#: a benchmark report file (``mope bench --json``) under the output policy
+REPORT_FILE = FileOwner("benchmark report", json_with("environment", "results"))
+
+
+def write_json(report: dict[str, Any], path: str | Path, force: bool = False) -> Path:
+    """Write ``report`` to ``path`` atomically; ``path`` must be absent or a benchmark report unless ``force``."""
+    check_file_target(path, REPORT_FILE, force)
     return atomic_write_text(path, json.dumps(report, indent=2))

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..progress import progress_bar
 from ..vocab import TOWERS
-from .common import MODEL_HELP, UsageError, console, user_errors
+from .common import FORCE_HELP, MODEL_HELP, UsageError, console, user_errors
 
 BACKEND_HELP = ("torch, torch-compile, open_clip (an open_clip name, eager), onnxruntime, onnxruntime-int8, openvino "
                 "(OpenVINO IR; pip install 'mope-deploy[openvino]'), tensorrt (an export bundle with engines; CUDA). "
@@ -89,7 +89,9 @@ def bench(
     interleave: Optional[bool] = typer.Option(None, "--interleave/--sequential", help="Time all encoders "
                                               "round-robin (fair on a busy machine; all models in memory at once) or "
                                               "one after another (default; --paper defaults to --interleave)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report to this JSON file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report to this JSON file (absent, "
+                                            "or a report mope wrote)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write latency vs parameters to this PNG."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -111,6 +113,7 @@ def bench(
                                  ort_settings=ort_opts)
         request = BenchRequest(models=list(models or ()), backends=parse_list(backend, "backend"), settings=settings,
                                paper=paper, teacher=teacher, reference=reference).check()
+        _check_outputs(json_out, plot, force)          # before any timing is spent
         if request.notice():
             console.print(f"[yellow]{request.notice()}[/]")
         with _progress(quiet) as prog:
@@ -130,9 +133,20 @@ def bench(
                       f"{env['threads']['torch_intra_op']}, ONNX Runtime threads {env['threads']['onnxruntime_intra_op']}"
                       f"{', env ' + str(env['env']) if env['env'] else ''}[/]")
         if json_out:
-            write_json(report, json_out)
+            write_json(report, json_out, force)
             console.print(f"report written to {json_out}")
         if plot:
             from ..bench.plot import plot_latency
             plot_latency(report, plot)
             console.print(f"plot written to {plot}")
+
+
+def _check_outputs(json_out: Optional[Path], plot: Optional[Path], force: bool) -> None:
+    from ..atomic import check_file_target
+    from ..bench.plot import PLOT_FILE
+    from ..bench.run import REPORT_FILE
+
+    if json_out is not None:
+        check_file_target(json_out, REPORT_FILE, force)
+    if plot is not None:
+        check_file_target(plot, PLOT_FILE, force)

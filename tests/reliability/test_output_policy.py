@@ -39,11 +39,20 @@ def _eval_fails(model, out, data):
     return ["eval", model, "--data", out.parent / "missing.csv", "-q", "--json", out]
 
 
+def _bench(model, out, data):
+    return ["bench", model, "--batch-sizes", "1", "--warmup", "0", "--iters", "1", "-q", "--json", out]
+
+
+def _bench_fails(model, out, data):
+    return ["bench", out.parent / "missing-model", "--batch-sizes", "1", "--iters", "1", "-q", "--json", out]
+
+
 #: command -> (output kind, how to run it, how to make it fail after the check)
 COMMANDS = {
     "prune": ("folder", _prune, _prune_fails),
     "importance": ("file", _importance, _importance_fails),
     "eval": ("file", _eval, _eval_fails),
+    "bench": ("file", _bench, _bench_fails),
 }
 
 
@@ -107,3 +116,22 @@ def test_compress_refuses_a_users_file_or_folder(what, tmp_path):
     area, out = _occupied(tmp_path, what)
     for extra in ([], ["--restart"]):
         cli(["compress", "demo", "--out", out, *extra], str(out), "choose another --out", watch=area)
+
+
+def test_a_plot_mope_wrote_is_replaced_but_a_users_png_is_not(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from mope_deploy.atomic import OutputPathError, check_file_target
+    from mope_deploy.bench.plot import PLOT_FILE, save_png
+
+    ours = save_png(plt.figure(), tmp_path / "ours.png")
+    check_file_target(ours, PLOT_FILE)                       # its own plot: replaceable without --force
+    users = tmp_path / "holiday.png"
+    Image.new("RGB", (8, 8)).save(users)
+    with pytest.raises(OutputPathError, match="holiday.png"):
+        check_file_target(users, PLOT_FILE)
+    check_file_target(users, PLOT_FILE, force=True)
