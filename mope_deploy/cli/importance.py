@@ -42,7 +42,6 @@ def importance(
         job = ScoringJob(model=model, out=out, data=data, split=split, towers=TOWERS if tower == "both" else (tower,),
                          method=method, metric=metric, groups=groups, batch_size=batch_size, probe_batch=probe_batch,
                          max_images=max_images, naive=naive, device=device, force=force)
-        job.check()
         rank = int(os.environ.get("RANK", "0"))   # torchrun's; rank 0 shows progress and writes
         with progress_bar(method == "mope" and rank == 0, console=console) as bar:
             task = bar.add_task(f"{method} probes", total=None)
