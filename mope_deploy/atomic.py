@@ -1,8 +1,9 @@
 """Atomic writes that never lose a user's files.
 
 Everything the toolchain writes (checkpoints, model directories, score tables, plans, reports, bundles) goes
-through here: a temporary sibling ``.NAME.tmp-PID-XXXX``, fsync, then ``os.replace``; a failure leaves
-nothing behind. Results get the usual permissions (``mkstemp``/``mkdtemp`` would leave them private).
+through here: a temporary sibling ``.NAME.tmp-PID-XXXX``, fsync, ``os.replace``, then an fsync of the folder
+(so the rename itself survives a power loss); a failure leaves nothing behind. Results get the usual permissions
+(``mkstemp``/``mkdtemp`` would leave them private).
 
 How to write an output folder (any package: exporting, sparsity, serve, ...)::
 
@@ -309,6 +310,22 @@ def _prefix(path: Path) -> str:
     return f".{path.name}.tmp-{os.getpid()}-"
 
 
+def fsync_dir(folder: str | Path) -> None:
+    """fsync ``folder`` itself, so a file just created or renamed in it survives a power loss (a rename is only
+    durable once its folder is). A no-op where the OS cannot open a folder (Windows) or sync one (EINVAL)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return                                  # Windows, or a folder we may write but not read: nothing to sync
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):   # a file system that cannot sync folders
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary file name beside ``path`` for libraries that write by name (safetensors, onnx); on a clean
@@ -331,6 +348,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
+            fsync_dir(path.parent)
         except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
             _no_room(path, e)
@@ -406,6 +424,7 @@ def _replace(tmp: Path, target: Path) -> None:
         if old is not None:
             os.replace(old, target)             # put the previous content back
         raise
+    fsync_dir(target.parent)
     if old is not None:
         _remove(str(old))
 

@@ -18,6 +18,7 @@ encoders (and, under the adaptive batch policy, measures their cost per input) a
 # (no `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime)
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -47,10 +48,20 @@ async def warm_up(svc: Service) -> None:
             if svc.index is not None and len(svc.index):
                 q = (await svc.embedder.embed_texts(["warm-up"], "warm-up")).vectors[0]
                 await asyncio.get_running_loop().run_in_executor(None, svc.index.search, q, 1, "images")
+        if svc.config.freeze_heap:
+            svc.warm_info = {**svc.warm_info, "gc_frozen_objects": freeze_heap()}
         svc.ready = True
     except Exception as e:  # noqa: BLE001  (reported on /ready; /health stays up so the cause can be read)
         log.exception("warm-up failed")
         svc.warm_error = f"{type(e).__name__}: {e}"
+
+
+def freeze_heap() -> int:
+    """Collect once, then freeze every surviving object out of the cyclic GC (see ``ServeConfig.freeze_heap``);
+    returns how many objects are frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def _exception_handlers(app) -> None:

@@ -13,6 +13,7 @@ it is. Images that fail to decode are skipped and counted (with the loader's own
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -27,17 +28,21 @@ from ..progress import progress_bar
 from .collection import Collection, embed_captions, embed_chunk, load_collection
 from .errors import ServeError
 from .index import EmbeddingIndex, write_index
+from .ray_cluster import needs_private_network
 from .search import APPROX_MIN_ITEMS, KINDS, approx_recall, resolve_kind
-from .store import (ADDED_PREFIX, STORED_DIR, WAL_FILE, WRITE_FAILURES, IndexFileError, IndexWriteError, Item,
-                    index_owner, is_index, new_meta, write_error)
+from .store import (ADDED_PREFIX, REJECTED_FILE, REJECTED_IMAGES, STORED_DIR, WAL_FILE, WRITE_FAILURES,
+                    IndexFileError, IndexWriteError, Item, index_owner, is_index, new_meta, write_error)
 
-__all__ = ["IndexJob", "RayOptions", "build", "build_index", "compact", "check_out", "partial_dir",
+__all__ = ["IndexJob", "RayOptions", "build", "job_chunk_size", "build_index", "compact", "check_out", "partial_dir",
            "auto_chunk_size", "Collection", "load_collection", "embed_chunk", "embed_captions", "MIN_CHUNKS"]
 
 PARTIAL_MARK = "mope-index-partial"
 WORK_KIND = "index build"
 #: an adaptive chunk size gives a build at least this many chunks (resume units), each of at most MAX_AUTO_CHUNK
 MIN_CHUNKS, MAX_AUTO_CHUNK = 8, 1024
+#: at most this many images per automatic chunk on Ray (about 2 minutes of ViT-L/14 on one CPU, well inside the
+#: default --ray-timeout of 600 s, which a single chunk must beat)
+RAY_MAX_AUTO_CHUNK = 128
 
 ChunkResult = tuple[int, np.ndarray, list[int], list[tuple[int, str]]]
 #: ``embed_chunks(pending [(chunk, start, stop)], store_dir) -> iterator of (chunk, emb, kept, bad)`` in any order
@@ -46,15 +51,17 @@ ChunkEmbedder = Callable[[list[tuple[int, int, int]], Path], Iterator[ChunkResul
 
 @dataclass(frozen=True)
 class RayOptions:
-    """Where and how wide to embed on Ray: ``address`` None starts a local Ray (its services on loopback unless
-    ``allow_remote``); ``workers`` None = what the cluster can hold (its CPUs - 1, at least 1); a chunk that
-    brings no result for ``stall_timeout_s`` fails with the cluster's resources in the message."""
+    """Where and how wide to embed on Ray: ``address`` None starts a local Ray, in a private network namespace
+    (:mod:`.netns`) unless ``allow_remote``; ``workers`` None = what the cluster can hold (its CPUs - 1, at least
+    1); a chunk that brings no result for ``stall_timeout_s`` fails with the cluster's resources in the message.
+    ``private``: this process already is that namespace's child (set by :func:`build`, not by users)."""
 
     address: str | None = None
     workers: int | None = None
     allow_remote: bool = False
     stall_timeout_s: float = 600.0
     num_cpus: int | None = None
+    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,14 @@ class IndexJob:
     force: bool = False
     ray: RayOptions | None = None
     progress: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "IndexJob":
+        ray = RayOptions(**d["ray"]) if d.get("ray") else None
+        return cls(**{**d, "out": Path(d["out"]), "ray": ray})
 
     def load_options(self) -> dict[str, Any]:
         opts = {"split": self.split, "image_root": str(self.image_root) if self.image_root else None}
@@ -110,6 +125,14 @@ def auto_chunk_size(n: int) -> int:
     return max(1, min(MAX_AUTO_CHUNK, n // MIN_CHUNKS))
 
 
+def job_chunk_size(job: IndexJob, n: int) -> int | None:
+    """``--chunk-size`` if given; on Ray the automatic size capped at :data:`RAY_MAX_AUTO_CHUNK` (a chunk is one
+    actor's unit of work and must arrive within ``--ray-timeout``); else None (:func:`auto_chunk_size` decides)."""
+    if job.chunk_size is not None or job.ray is None:
+        return job.chunk_size
+    return min(auto_chunk_size(n), RAY_MAX_AUTO_CHUNK)
+
+
 def partial_dir(out: str | Path) -> Path:
     """Where a build of ``out`` keeps its committed chunks (``images/``: images the index will store)."""
     out = Path(out)
@@ -126,9 +149,11 @@ def check_out(out: str | Path, force: bool = False) -> None:
         return
     wal = out / WAL_FILE
     added = sorted((out / STORED_DIR).glob(f"{ADDED_PREFIX}*")) if (out / STORED_DIR).is_dir() else []
-    if (wal.is_file() and wal.stat().st_size) or added:
+    rejected = [p.name for p in (out / REJECTED_FILE, out / REJECTED_IMAGES) if p.exists()]
+    if (wal.is_file() and wal.stat().st_size) or added or rejected:
         what = f"{wal.name} ({wal.stat().st_size} bytes)" if wal.is_file() and wal.stat().st_size else \
-            f"{len(added)} image(s) added at runtime ({STORED_DIR}/{ADDED_PREFIX}*)"
+            f"{len(added)} image(s) added at runtime ({STORED_DIR}/{ADDED_PREFIX}*)" if added else \
+            f"damaged log records set aside for restoring: {', '.join(rejected)}"
         raise ServeError(f"{out} is an index holding items added at runtime through /index/items ({what}), which "
                          "a rebuild would lose: choose another --out, or pass --force to replace it anyway")
 
@@ -145,6 +170,8 @@ def build(job: IndexJob, log: Callable[[str], None] | None = None) -> dict[str, 
     backend = job.backend or default_backend(job.model)
     check_backend(backend)
     check_out(job.out, job.force)
+    if job.ray is not None and needs_private_network(job.ray):
+        return _build_in_private_network(job, say)
     ray_session: contextlib.AbstractContextManager = contextlib.nullcontext()
     if job.ray is not None:                 # first: a cluster that cannot hold the workers fails in seconds
         from .ray_index import RayChunks
@@ -154,10 +181,34 @@ def build(job: IndexJob, log: Callable[[str], None] | None = None) -> dict[str, 
         say(f"{collection.name}: {len(collection.images)} images"
             + (f" ({len(collection.report)} skipped while loading)" if len(collection.report) else ""))
         encoder = open_encoder(job.model, backend, threads=job.threads)
+        chunk_size = job_chunk_size(job, len(collection.images))
         return build_index(collection, encoder, job.out, fingerprint=model_fingerprint(job.model),
                            data_spec=job.data, embed_chunks=embed_chunks, log=say, captions=job.captions,
-                           kind=job.kind, chunk_size=job.chunk_size, batch_size=job.batch_size, force=job.force,
+                           kind=job.kind, chunk_size=chunk_size, batch_size=job.batch_size, force=job.force,
                            progress=job.progress)
+
+
+def _build_in_private_network(job: IndexJob, say: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`build` with its local Ray in a child process whose only network is loopback (see :mod:`.netns`)."""
+    from ..errors import MopeError
+    from .netns import PrivateNetworkError, run_private
+    from .ray_cluster import RayResourceError
+
+    private = dataclasses.replace(job, ray=dataclasses.replace(job.ray, private=True))
+    try:
+        return run_private(f"{__name__}:build_private", private.to_json(), log=say,
+                           errors=(RayResourceError, IndexWriteError, IndexFileError, DatasetError, ServeError,
+                                   MopeError))
+    except PrivateNetworkError as e:
+        raise ServeError(f"cannot start a local Ray with its services on loopback only: {e.strerror}. Ray's gRPC "
+                         "servers bind every interface, so mope runs a local Ray in a private network namespace, "
+                         "which this machine refuses. Pass --allow-remote to start it anyway (firewall Ray's "
+                         "ports), or start Ray yourself and pass --address") from None
+
+
+def build_private(payload: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """The private-network child's side of :func:`_build_in_private_network`."""
+    return build(IndexJob.from_json(payload), log=log)
 
 
 def compact(root: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -191,7 +242,12 @@ def build_index(collection: Collection, encoder, out: str | Path, *, fingerprint
     chunk_size = opts.chunk_size or auto_chunk_size(n)
     work = partial_dir(out)
     plan = {"mark": PARTIAL_MARK, "data": data_spec, "dataset": collection.name, "n_images": n,
-            "chunk_size": chunk_size, "model": fingerprint, "captions": opts.captions}
+            "chunk_size": chunk_size, "model": fingerprint, "captions": opts.captions,
+            # what changes the numbers (int8 vs fp32, fp16), not threads or devices: chunks of two must not mix
+            "encoder": {k: v for k, v in encoder.describe().items() if k in ("backend", "variant", "dtype",
+                                                                               "inference_precision")},
+            # where the images are (--image-root, --split): the same ids under another root are other pixels
+            "sources": [collection.source(0), collection.source(n - 1)]}
     _prepare_work(work, plan, say)
     try:
         t0 = time.perf_counter()

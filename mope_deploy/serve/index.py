@@ -25,16 +25,17 @@ from .identity import model_fingerprint
 from .search import (APPROX_MIN_ITEMS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, KINDS, approx_recall, as_rows,
                      filled, make_faiss, resolve_kind)
 from .store import (ADDED_PREFIX, CAPTIONS_FAISS, CAPTIONS_FILE, FORMAT, FORMAT_VERSION, IMAGES_FAISS, ITEMS_FILE,
-                    META_FILE, REJECTED_FILE, STORED_DIR, WAL_FILE, WRITE_FAILURES, DuplicateIdError, IndexFileError,
-                    IndexWriteError, Item, check_fingerprint, index_owner, is_index, locked, new_meta, read_data,
-                    read_meta, remove_other_generations, require_faiss, write_data, write_error)
+                    META_FILE, REJECTED_FILE, REJECTED_IMAGES, STORED_DIR, WAL_FILE, WRITE_FAILURES, DuplicateIdError,
+                    IndexFileError, IndexWriteError, Item, check_fingerprint, committed_generation, generation,
+                    index_owner, is_index, locked, new_meta, next_generation, read_data, read_meta,
+                    remove_other_generations, require_faiss, write_data, write_error)
 
 __all__ = [
     "EmbeddingIndex", "Item", "Hit", "DuplicateIdError", "IndexFileError", "IndexWriteError", "model_fingerprint",
     "is_index", "read_meta", "new_meta", "check_fingerprint", "write_index", "index_owner", "require_faiss",
     "resolve_kind", "make_faiss", "approx_recall", "KINDS", "APPROX_MIN_ITEMS", "HNSW_M", "HNSW_EF_CONSTRUCTION",
     "HNSW_EF_SEARCH", "FORMAT", "FORMAT_VERSION", "META_FILE", "IMAGES_FAISS", "ITEMS_FILE", "CAPTIONS_FAISS",
-    "CAPTIONS_FILE", "WAL_FILE", "REJECTED_FILE", "STORED_DIR", "COMPACT_OVER",
+    "CAPTIONS_FILE", "WAL_FILE", "REJECTED_FILE", "REJECTED_IMAGES", "STORED_DIR", "COMPACT_OVER",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class WalStats:
     torn: int = 0              # rejected: the last line, cut short by a crash (never acknowledged)
     corrupt: int = 0           # rejected: garbage or a damaged record anywhere in the log
     orphans_removed: int = 0   # images/added-* files no item refers to (their record was torn or never written)
+    orphans_kept: int = 0      # such files moved to wal.rejected.images/ (a damaged record may have been theirs)
     compactions: int = 0
     last_compaction: str | None = None
     compaction_error: str | None = None
@@ -97,9 +99,18 @@ class EmbeddingIndex:
         meta = read_meta(root)
         if fingerprint is not None:
             check_fingerprint(meta, fingerprint, root)
-        index = cls(meta, *read_data(root, meta), root=root)
+        try:                               # outside the lock: reading a large index takes a while
+            index = cls(meta, *read_data(root, meta), root=root)
+        except IndexFileError:             # perhaps compacted away meanwhile: read again under the lock
+            index = None
         with locked(root):
-            remove_other_generations(root, int(meta.get("generation", 0)))
+            if index is None:
+                meta = read_meta(root)
+                if fingerprint is not None:
+                    check_fingerprint(meta, fingerprint, root)
+                index = cls(meta, *read_data(root, meta), root=root)
+            index._refresh()               # another process may have compacted since the read above
+            remove_other_generations(root, generation(index.meta))
             index._replay()
         if compact_over is not None and index.wal.pending >= compact_over:
             try:
@@ -119,8 +130,22 @@ class EmbeddingIndex:
         write_index(root, meta, np.zeros((0, dim), np.float32), [])
         return cls.open(root, fingerprint)
 
+    def _refresh(self) -> None:
+        """Catch up with a compaction committed since this object read its files (lock held): load the generation
+        ``index.json`` names now. Nothing in memory is lost: every record applied here was in the log, so it is in
+        that generation or still in the log (replayed next)."""
+        meta = read_meta(self.root)
+        if generation(meta) == generation(self.meta):
+            return
+        check_fingerprint(meta, self.meta["model"], self.root)
+        images, items, captions, rows = read_data(self.root, meta)
+        with self._lock:
+            self.meta, self.images, self.items, self.captions, self.caption_rows = meta, images, items, captions, rows
+            self.by_id = {it.id: i for i, it in enumerate(items)}
+        log.info("index %s: reloaded generation %d (compacted by another process)", self.root, generation(meta))
+
     def _replay(self) -> None:
-        """Apply the log's valid records; set aside the rest and remove images no item refers to (lock held)."""
+        """Apply the log's valid records; set aside the rest and clear images no item refers to (lock held)."""
         found = wal.scan(self.root, self.dim)
         for rec in found.records:
             if rec.item.id not in self.by_id:      # already in the index files: a compaction cut short
@@ -135,13 +160,38 @@ class EmbeddingIndex:
             for r in found.rejected:
                 log.warning("index %s: %s line %d is %s (%s); moved to %s", self.root, WAL_FILE, r.line,
                             "a torn last record" if r.torn else "not a valid record", r.reason, where)
+        self._clear_orphans(keep=any(not r.torn for r in found.rejected))
+
+    def _clear_orphans(self, keep: bool) -> None:
+        """Remove images no item refers to, or with ``keep`` move them to wal.rejected.images/: a damaged record
+        (acknowledged to its client) may be one's, and which one cannot be told from damaged bytes."""
         orphans = self._orphans()
-        for p in orphans:
-            p.unlink(missing_ok=True)
-        if orphans:
+        if not orphans:
+            return
+        names = ", ".join(p.name for p in orphans[:5])
+        if not keep:
+            for p in orphans:
+                p.unlink(missing_ok=True)
             self.wal.orphans_removed += len(orphans)
             log.warning("index %s: removed %d stored image(s) no item refers to (their log record was torn or "
-                        "never written): %s", self.root, len(orphans), ", ".join(p.name for p in orphans[:5]))
+                        "never written): %s", self.root, len(orphans), names)
+            return
+        folder, moved = self.root / REJECTED_IMAGES, 0
+        try:
+            folder.mkdir(exist_ok=True)
+            for p in orphans:
+                dest, n = folder / p.name, 1
+                while dest.exists():          # an earlier record of the same id: keep both
+                    dest, n = folder / f"{p.name}.{n}", n + 1
+                os.replace(p, dest)
+                moved += 1
+        except OSError as e:                  # the rest stay in images/: not lost now, but a later open removes them
+            log.warning("index %s: cannot move stored images to %s (%s); %s still holds %d of them: copy them out "
+                        "before the index is opened again", self.root, folder, e, STORED_DIR, len(orphans) - moved)
+        self.wal.orphans_kept += moved
+        log.warning("index %s: kept %d stored image(s) of set-aside records in %s (%s): to restore a record, "
+                    "repair its line from %s, append it to %s and move its image back to %s/", self.root,
+                    moved, folder, names, REJECTED_FILE, WAL_FILE, STORED_DIR)
 
     def _orphans(self) -> list[Path]:
         folder = self.root / STORED_DIR
@@ -290,19 +340,23 @@ class EmbeddingIndex:
 
     # --- compaction -------------------------------------------------------------------------------
     def compact(self, on_step=None) -> dict[str, Any]:
-        """Fold the log into the index files: write generation ``g + 1``, commit it by replacing ``index.json``,
-        then empty the log and remove generation ``g``. A crash at any point loses nothing (see :mod:`.store`).
+        """Fold the log into the index files: write a new generation (numbered above any on disk), commit it by
+        replacing ``index.json``, then empty the log and remove the old generation. All under the lock, after
+        catching up with what other processes committed and logged, so none of their items is dropped. A crash at
+        any point loses nothing (see :mod:`.store`).
 
         ``on_step(name)`` is called after each step (tests kill the process there). Returns a summary."""
         if self.root is None:
             raise IndexFileError("an in-memory index has no files to compact")
         step = on_step or (lambda name: None)
         with self._lock, locked(self.root):
+            self._refresh()                       # another process may have compacted since we looked
             self._replay()                        # records another process appended, damaged lines set aside
-            folded = self.wal.pending
+            folded, old = self.wal.pending, generation(self.meta)
             if not folded:
-                return {"folded": 0, "generation": int(self.meta.get("generation", 0)), "items": len(self.items)}
-            old, new = int(self.meta.get("generation", 0)), int(self.meta.get("generation", 0)) + 1
+                return {"folded": 0, "generation": old, "items": len(self.items)}
+            remove_other_generations(self.root, old)     # leftovers of a compaction cut short
+            new = next_generation(self.root, old)
             now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             meta = {**self.meta, "generation": new, "n_items": len(self.items), "n_captions": len(self.caption_rows),
                     "compacted": now}
@@ -313,7 +367,7 @@ class EmbeddingIndex:
                 from ..atomic import atomic_write_text
                 atomic_write_text(self.root / META_FILE, json.dumps(meta, indent=2))
             except WRITE_FAILURES as e:
-                remove_other_generations(self.root, old)
+                self._after_failed_commit(meta)
                 raise write_error(self.root, e, f"compacting index {self.root}") from None
             step("committed")
             self.meta = meta
@@ -326,17 +380,30 @@ class EmbeddingIndex:
         log.info("index %s: folded %d log record(s) into generation %d", self.root, folded, new)
         return {"folded": folded, "generation": new, "items": len(self.items)}
 
+    def _after_failed_commit(self, meta: dict[str, Any]) -> None:
+        """A compaction's write failed: remove the files of every generation but the one ``index.json`` names now
+        (the new one when the failure came after the rename, e.g. syncing the folder; nothing when unreadable)."""
+        committed = committed_generation(self.root)
+        if committed is None:
+            return
+        if committed == generation(meta):
+            self.meta = meta                      # committed: the log is folded again by the next compaction
+        remove_other_generations(self.root, committed)
+
     # --- status -----------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """Counts for /health and /ready: items, the log (pending, replayed, rejected by kind, orphaned images
-        removed) and compaction. ``wal_rejected`` > 0 means records were set aside in ``wal.rejected``."""
+        removed or kept) and compaction. ``wal_rejected`` > 0 means records were set aside in ``wal.rejected``
+        (``orphan_images_kept`` > 0: images that may be theirs are in ``wal_rejected_images``)."""
         w = self.wal
         return {"items": len(self.items), "captions": len(self.caption_rows),
-                "generation": int(self.meta.get("generation", 0)),
+                "generation": generation(self.meta),
                 "wal_pending": w.pending, "wal_replayed": w.replayed, "wal_rejected": w.torn + w.corrupt,
                 "wal_rejected_torn": w.torn, "wal_rejected_corrupt": w.corrupt,
                 "wal_rejected_file": str(self.root / REJECTED_FILE) if w.torn + w.corrupt else None,
-                "orphan_images_removed": w.orphans_removed, "compactions": w.compactions,
+                "wal_rejected_images": str(self.root / REJECTED_IMAGES) if w.orphans_kept else None,
+                "orphan_images_removed": w.orphans_removed, "orphan_images_kept": w.orphans_kept,
+                "compactions": w.compactions,
                 "last_compaction": w.last_compaction, "compaction_error": w.compaction_error}
 
     def describe(self) -> dict[str, Any]:
@@ -358,7 +425,7 @@ def write_index(out: str | Path, meta: dict[str, Any], image_emb: np.ndarray, it
     in). A failed write (disk full) leaves ``out`` as it was and raises :class:`IndexWriteError`."""
     import shutil
 
-    from ..atomic import Output
+    from ..atomic import Output, atomic_write_text
 
     dim = int(meta["dim"])
     image_emb = as_rows(image_emb, dim) if len(image_emb) else np.zeros((0, dim), np.float32)
@@ -377,7 +444,7 @@ def write_index(out: str | Path, meta: dict[str, Any], image_emb: np.ndarray, it
                         os.link(p, tmp / STORED_DIR / p.name)
                     except OSError:
                         shutil.copy2(p, tmp / STORED_DIR / p.name)
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2))   # fsynced like the data files
     except WRITE_FAILURES as e:
         raise write_error(out, e, f"writing index {out}") from None
     return Path(out)

@@ -1,16 +1,19 @@
 """Connecting to Ray (or starting a local one) for `mope index --ray`, and what the cluster can hold.
 
-A local Ray is started with its advertised address on loopback and without the dashboard; its services are then
-checked for listening sockets on other addresses (:func:`exposed_listeners`; see README: Ray's own gRPC servers
-may still bind every interface, which ``--allow-remote`` accepts and the default reports).
+A local Ray is started with its advertised address on loopback and without the dashboard. Ray's own gRPC servers
+bind every interface whatever address they are given, so without ``--allow-remote`` the local Ray runs in a
+private network namespace whose only interface is loopback (:mod:`.netns`, :func:`needs_private_network`);
+:func:`exposed_listeners` then checks that none of its listening sockets is reachable from another machine.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any
 
 from .errors import ServeError
+from .netns import loopback_only
 
 
 class RayResourceError(ServeError):
@@ -33,16 +36,30 @@ def start_ray(address: str | None, *, allow_remote: bool = False, num_cpus: int 
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
+        address = "local"                   # a new cluster: never one `ray start` left in /tmp/ray
         kwargs["num_cpus"] = num_cpus
         if not allow_remote:
             kwargs["_node_ip_address"] = "127.0.0.1"
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ServeError(f"cannot connect to Ray at {address or 'a new local cluster'}: {str(e).splitlines()[0]}; "
-                         "check --address (ray://HEAD:10001 or auto)") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if address == "local":
+            raise ServeError(f"cannot start a local Ray: {first}") from None
+        raise ServeError(f"cannot connect to Ray at {address}: {first}; check --address (ray://HEAD:10001 or auto) "
+                         "or RAY_ADDRESS") from None
     return True
+
+
+def needs_private_network(opts) -> bool:
+    """Whether a build with these :class:`~.build.RayOptions` would start a local Ray of its own that must be
+    confined to loopback: no ``address`` (nor ``RAY_ADDRESS``), no ``allow_remote``, not already confined, and no
+    Ray running in this process (a caller's Ray is used as it is)."""
+    if opts.address is not None or os.environ.get("RAY_ADDRESS") or opts.allow_remote or opts.private:
+        return False
+    return not require_ray().is_initialized()
 
 
 def cluster_cpus() -> tuple[float, float, dict[str, float]]:
@@ -79,7 +96,8 @@ def plan_workers(requested: int | None, cpus_per_worker: float = 1.0) -> int:
 
 def exposed_listeners(pids: list[int] | None = None) -> list[str]:
     """``name pid address:port`` of every listening socket of this process's children (a local Ray's services)
-    that is not on a loopback address; empty without psutil."""
+    that another machine could reach: not on a loopback address, in a network namespace with an interface other
+    than loopback. Empty without psutil."""
     try:
         import psutil
     except ImportError:
@@ -92,10 +110,19 @@ def exposed_listeners(pids: list[int] | None = None) -> list[str]:
             name = p.name()
         except (psutil.Error, OSError):
             continue
+        if _loopback_only_network(p.pid):             # there "every interface" is loopback
+            continue
         for c in conns:
             if c.status == psutil.CONN_LISTEN and not _loopback(c.laddr.ip):
                 out.append(f"{name} {p.pid} {c.laddr.ip}:{c.laddr.port}")
     return out
+
+
+def _loopback_only_network(pid: int) -> bool:
+    try:
+        return loopback_only(pid)
+    except OSError:                                   # no /proc (not Linux): assume the host's interfaces
+        return False
 
 
 def _loopback(ip: str) -> bool:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .errors import ServeError
 from .ray_cluster import RayResourceError, describe_resources, exposed_listeners, plan_workers, require_ray, start_ray
 
 
@@ -80,15 +81,17 @@ class RayChunks:
         self.started = start_ray(opts.address, allow_remote=opts.allow_remote, num_cpus=opts.num_cpus)
         try:
             self.workers = plan_workers(opts.workers)
-            if self.started and not opts.allow_remote:
-                exposed = exposed_listeners()
-                if exposed:
-                    self.say(f"warning: this Ray ({require_ray().__version__}) binds {len(exposed)} of its service "
-                             f"port(s) beyond loopback ({', '.join(exposed[:3])}); see README (Ray)")
+            exposed = exposed_listeners() if self.started else []
+            if exposed and not opts.allow_remote:     # the private network did not hold: never embed exposed
+                raise ServeError(f"the local Ray listens beyond loopback ({', '.join(exposed[:3])}) although "
+                                 "--allow-remote was not given; refusing to run. Start Ray yourself and pass "
+                                 "--address, or pass --allow-remote")
         except BaseException:
             self.__exit__(None, None, None)
             raise
-        self.say(f"Ray: {self.workers} encoder actor(s) ({describe_resources()})")
+        where = ("; its services listen on loopback only (private network namespace)" if opts.private else
+                 f"; {len(exposed)} of its service port(s) listen beyond loopback (--allow-remote)" if exposed else "")
+        self.say(f"Ray: {self.workers} encoder actor(s) ({describe_resources()}){where}")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -139,8 +142,8 @@ def _with_stall_timeout(rows: Iterator[dict], timeout_s: float, workers: int) ->
         except queue.Empty:
             raise RayResourceError(
                 f"Ray produced no embedded chunk for {time.monotonic() - t0:.0f} s with {workers} encoder actor(s) "
-                f"asked (1 CPU each); the cluster has {_resources()}. Free CPUs, lower --ray-workers, or "
-                f"raise --ray-timeout") from None
+                f"asked (1 CPU each); the cluster has {_resources()}. Free CPUs, lower --ray-workers, lower "
+                f"--chunk-size (one chunk must finish within the timeout), or raise --ray-timeout") from None
         if item is done:
             return
         if isinstance(item, BaseException):

@@ -11,6 +11,7 @@ where the compute is, scales out. Needs the ``ray`` extra (``pip install 'mope-d
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,24 @@ def ray_application(model: str, *, backend: str = "onnxruntime", index: str | Pa
                               dataclasses.asdict(config), create_index)
 
 
+def check_ray_start(address: str | None, allow_remote: bool) -> None:
+    """Refuse to start a local Ray for `mope serve --ray` without ``allow_remote`` (see :func:`run_ray`)."""
+    ray = require_ray()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None and not allow_remote and not ray.is_initialized():
+        raise ServeError(
+            f"a local Ray's own services (GCS, raylet, workers) listen on every interface (Ray {ray.__version__} "
+            "binds its gRPC servers so), which `mope serve --ray` cannot confine to loopback: start Ray yourself "
+            "(`ray start --head`, behind a firewall) and pass --address auto, or pass --allow-remote to let mope "
+            "start it so")
+
+
 def run_ray(app, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
             allow_remote: bool = False, blocking: bool = True):
-    """Connect to (or start) Ray, start Serve's HTTP proxy on ``host:port`` and run ``app``."""
+    """Connect to (or start) Ray, start Serve's HTTP proxy on ``host:port`` and run ``app``.
+
+    A local Ray is started only with ``allow_remote``: Ray's gRPC servers bind every interface, and Serve's HTTP
+    proxy must be reachable from this host, so the private network of ``mope index --ray`` cannot hold it."""
     from .server import check_host
 
     check_host(host, allow_remote)
@@ -149,7 +165,14 @@ def run_ray(app, *, host: str = "127.0.0.1", port: int = 8000, address: str | No
     from ray import serve
 
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
+        check_ray_start(address, allow_remote)
+        try:
+            address = address or os.environ.get("RAY_ADDRESS") or None
+            ray.init(address=address or "local", include_dashboard=False, ignore_reinit_error=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ServeError(f"cannot connect to Ray at {address or 'a new local cluster'}: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; check --address (auto after "
+                             "`ray start --head`, or ray://HEAD:10001)") from None
     serve.start(http_options={"host": host, "port": port})
     return serve.run(app, name="mope", route_prefix="/", blocking=blocking)
 

@@ -10,10 +10,13 @@ One directory::
     captions.jsonl      optional: one {"text", "item"} per caption row (captions.g.jsonl)
     images/             images the index stores itself (in-memory datasets; ``added-*``: items added at runtime)
     wal.jsonl           write-ahead log of runtime additions (:mod:`.wal`); wal.rejected: records it refused
+    wal.rejected.images/  images of refused records, kept when a damaged (not torn) record was set aside
 
-``index.json`` is the commit point: compaction writes generation ``g + 1`` beside ``g``, then replaces
-``index.json`` (atomic rename), then removes ``g``'s files; files of any other generation are leftovers of an
-interrupted compaction and are removed under the lock.
+``index.json`` is the commit point: compaction (under the lock) writes a new generation, numbered above every
+generation on disk, beside the committed one, then replaces ``index.json`` (atomic rename), then removes the old
+files; files of any generation ``index.json`` does not name are leftovers of an interrupted compaction and are
+removed under the lock. Whoever removes files reads ``index.json`` under the lock first: another process may have
+compacted since it last looked.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ FORMAT = "mope-index"
 FORMAT_VERSION = 1
 META_FILE, IMAGES_FAISS, ITEMS_FILE = "index.json", "images.faiss", "items.jsonl"
 CAPTIONS_FAISS, CAPTIONS_FILE, STORED_DIR = "captions.faiss", "captions.jsonl", "images"
-WAL_FILE, REJECTED_FILE = "wal.jsonl", "wal.rejected"
+WAL_FILE, REJECTED_FILE, REJECTED_IMAGES = "wal.jsonl", "wal.rejected", "wal.rejected.images"
 #: prefix of images stored by runtime additions (``images/added-<hash>``)
 ADDED_PREFIX = "added-"
 LOCK_TIMEOUT_S = 30.0
@@ -91,8 +94,8 @@ def index_owner():
 
     return Owner("retrieval index", markers=[(META_FILE,)],
                  allowed=(META_FILE, IMAGES_FAISS, ITEMS_FILE, CAPTIONS_FAISS, CAPTIONS_FILE, WAL_FILE, REJECTED_FILE,
-                          STORED_DIR, "images.*.faiss", "items.*.jsonl", "captions.*.faiss", "captions.*.jsonl",
-                          ".*.tmp-*"))
+                          REJECTED_IMAGES, STORED_DIR, "images.*.faiss", "items.*.jsonl", "captions.*.faiss",
+                          "captions.*.jsonl", ".*.tmp-*"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -263,8 +266,26 @@ def generation_files(root: Path) -> dict[int, list[Path]]:
     return out
 
 
+def generation(meta: dict[str, Any]) -> int:
+    return int(meta.get("generation", 0))
+
+
+def committed_generation(root: Path) -> int | None:
+    """The generation the on-disk ``index.json`` names now (None: unreadable, so nothing may be removed)."""
+    try:
+        return generation(read_meta(root))
+    except IndexFileError:
+        return None
+
+
+def next_generation(root: Path, committed: int) -> int:
+    """A generation number no file on disk uses yet: above ``committed`` and above any leftover's."""
+    return max([committed, *generation_files(root)]) + 1
+
+
 def remove_other_generations(root: Path, keep: int) -> list[Path]:
-    """Remove data files of every generation but ``keep`` (leftovers of an interrupted compaction)."""
+    """Remove data files of every generation but ``keep`` (leftovers of an interrupted compaction). Call with the
+    lock held and ``keep`` read from ``index.json`` under it: never with a generation remembered from before."""
     gone = []
     for g, paths in generation_files(root).items():
         if g != keep:

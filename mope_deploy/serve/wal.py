@@ -3,7 +3,8 @@
 A record is appended and fsynced before the request that added it is acknowledged; opening the index replays
 the log. A record that cannot be used (a torn last line a crash left half written, garbage, a damaged record in
 the middle) is never silently dropped: it is moved, byte for byte, to ``wal.rejected`` (one JSON line per record:
-when, why, where, and its bytes in base64), counted, and logged.
+when, why, where, and its bytes in base64), counted, and logged. A damaged record's image is kept too (in
+``wal.rejected.images/``, by :class:`~.index.EmbeddingIndex`): only a torn last record was never acknowledged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..atomic import fsync_dir
 from .store import REJECTED_FILE, WAL_FILE, WRITE_FAILURES, IndexFileError, Item, write_error
 
 #: a record longer than this is garbage (an image's bytes live in images/, not in the record)
@@ -157,6 +159,8 @@ def append(root: Path, records: Sequence[WalRecord]) -> None:
         while view:                      # os.write may write part of it (a file-size limit, a signal)
             view = view[os.write(fd, view):]
         os.fsync(fd)
+        if not size:                     # a log this call created: its name is durable once the folder is synced
+            fsync_dir(root)
     except OSError as e:
         try:
             os.ftruncate(fd, size)

@@ -58,3 +58,43 @@ def test_serve_refuses_a_folder_that_is_not_an_index(tmp_path):
     (tmp_path / "stuff" / "a.txt").write_text("x")
     r = runner.invoke(app, ["serve", "demo", "--index", str(tmp_path / "stuff")])
     assert r.exit_code == 2 and "not an index" in r.output
+
+
+@pytest.mark.slow
+def test_mope_serve_freezes_its_startup_heap_after_warm_up():
+    """`mope serve` owns its process: once warm, the startup heap is frozen out of the cyclic GC (the full
+    collections that made the p99 tail under batching), and /ready says how many objects."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from mope_deploy.serve.server import loopback_socket
+
+    s = loopback_socket()
+    port = s.getsockname()[1]
+    s.close()
+    code = "import sys; from mope_deploy.cli.app import main; sys.argv[0] = 'mope'; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "demo", "--backend", "torch", "--threads", "1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready, deadline = None, time.monotonic() + 180
+        while ready is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
+                ready = r.json() if r.status_code == 200 else None
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        assert ready is not None, "the server did not become ready"
+        assert ready["warm_up"]["gc_frozen_objects"] > 50_000      # torch, open_clip's tokenizer tables, the model
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_library_apps_leave_the_gc_alone():
+    from mope_deploy.serve.config import ServeConfig
+
+    assert ServeConfig().freeze_heap is False          # only `mope serve`, which owns its process, freezes

@@ -12,7 +12,7 @@ from mope_deploy.atomic import OutputPathError
 from mope_deploy.data.datasets import DatasetError
 from mope_deploy.serve.build import Collection, auto_chunk_size, build_index, load_collection
 from mope_deploy.serve.errors import ServeError
-from mope_deploy.serve.index import (WAL_FILE, EmbeddingIndex, IndexFileError, Item, approx_recall,
+from mope_deploy.serve.index import (REJECTED_FILE, WAL_FILE, EmbeddingIndex, IndexFileError, Item, approx_recall,
                                      model_fingerprint)
 
 
@@ -135,6 +135,20 @@ def test_rebuild_replaces_an_index_but_not_runtime_additions_without_force(tmp_p
     assert (out / WAL_FILE).read_bytes() == before
     build_index(col, demo_encoder, out, force=True, **kw)
     assert [it.id for it in EmbeddingIndex.open(out).items] == ["a", "b", "c"]
+    (out / REJECTED_FILE).write_bytes(b'{"damaged record kept for restoring"\n')   # set aside by a replay
+    with pytest.raises(ServeError, match="set aside for restoring: wal.rejected.*--force"):
+        build_index(col, demo_encoder, out, **kw)
+    assert (out / REJECTED_FILE).is_file()
+
+
+def test_ray_chunks_are_capped_so_one_beats_the_stall_timeout():
+    from mope_deploy.serve.build import RAY_MAX_AUTO_CHUNK, IndexJob, RayOptions, job_chunk_size
+
+    local, ray = IndexJob("d", "demo", "o"), IndexJob("d", "demo", "o", ray=RayOptions())
+    assert job_chunk_size(local, 100_000) is None                          # build_index's own rule: 1024
+    assert job_chunk_size(ray, 100_000) == RAY_MAX_AUTO_CHUNK == 128
+    assert job_chunk_size(ray, 250) == auto_chunk_size(250) == 31
+    assert job_chunk_size(IndexJob("d", "demo", "o", chunk_size=500, ray=RayOptions()), 100_000) == 500
 
 
 def test_chunk_size_adapts_to_at_least_8_chunks(tmp_path, demo_encoder, noise_images):
@@ -182,3 +196,77 @@ def test_open_missing_index_is_an_error_unless_create(tmp_path):
     assert not (tmp_path / "typo").exists()
     idx = EmbeddingIndex.open(tmp_path / "new", fp, create=True, dim=128)
     assert len(idx) == 0 and (tmp_path / "new" / "index.json").is_file()
+
+
+class _Described:
+    """``encoder`` as another backend/precision would describe itself (the numbers are the same: only the plan
+    can tell the runs apart)."""
+
+    def __init__(self, encoder, **changes):
+        self._encoder, self._changes = encoder, changes
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def describe(self):
+        return {**self._encoder.describe(), **self._changes}
+
+
+def _embed_spy(monkeypatch) -> tuple[list[int], dict[str, int | None]]:
+    """embed_chunk records the start of each chunk it embeds; with ``kill["after"] = n`` the call after the
+    first ``n`` recorded ones is killed."""
+    import mope_deploy.serve.build as build
+
+    calls, kill, real = [], {"after": None}, build.embed_chunk
+
+    def embed(enc, c, s, e, *a, **k):
+        calls.append(s)
+        if kill["after"] is not None and len(calls) > kill["after"]:
+            raise KeyboardInterrupt("killed")
+        return real(enc, c, s, e, *a, **k)
+
+    monkeypatch.setattr(build, "embed_chunk", embed)
+    return calls, kill
+
+
+def test_a_partial_build_resumes_only_with_the_same_encoder_numerics(tmp_path, demo_encoder, noise_images,
+                                                                      monkeypatch):
+    col = Collection("n", noise_images(4), ["a", "b", "c", "d"], [[], [], [], []])
+    kw = dict(fingerprint=model_fingerprint("demo"), data_spec="noise", chunk_size=1, progress=False)
+    out, said = tmp_path / "idx", []
+    calls, kill = _embed_spy(monkeypatch)
+    kill["after"] = 2
+    int8 = _Described(demo_encoder, backend="onnxruntime", variant="int8")
+    with pytest.raises(KeyboardInterrupt):
+        build_index(col, int8, out, **kw)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):                 # another backend: its 2 chunks are not reused
+        build_index(col, demo_encoder, out, log=said.append, **kw)
+    assert calls == [0, 1, 2] and any("starting over" in m for m in said)
+    calls.clear()
+    said.clear()
+    kill["after"] = None
+    more_threads = _Described(demo_encoder, threads=7)     # same numerics: resumed
+    meta = build_index(col, more_threads, out, log=said.append, **kw)
+    assert calls == [2, 3] and any("resuming" in m for m in said) and meta["n_items"] == 4
+
+
+def test_a_partial_build_of_the_same_names_under_another_root_starts_over(tmp_path, demo_encoder, noise_images,
+                                                                           monkeypatch):
+    """--image-root (or a copy elsewhere): same ids, same count, other pixels; chunks must not mix."""
+    for where, seed in (("a", 1), ("b", 2)):
+        (tmp_path / where / "photos").mkdir(parents=True)
+        for i, im in enumerate(noise_images(3, seed=seed)):
+            im.save(tmp_path / where / "photos" / f"{i}.png")
+    kw = dict(fingerprint=model_fingerprint("demo"), data_spec="photos", chunk_size=1, progress=False)
+    (calls, kill), said = _embed_spy(monkeypatch), []
+    kill["after"] = 1
+    with pytest.raises(KeyboardInterrupt):
+        build_index(load_collection(tmp_path / "a" / "photos"), demo_encoder, tmp_path / "idx", **kw)
+    calls.clear()
+    kill["after"] = None
+    col = load_collection(tmp_path / "b" / "photos")
+    build_index(col, demo_encoder, tmp_path / "idx", log=said.append, **kw)
+    assert calls == [0, 1, 2] and any("starting over" in m for m in said)
+    ref = demo_encoder.encode_images([col.images[i] for i in range(3)])
+    np.testing.assert_allclose(EmbeddingIndex.open(tmp_path / "idx").embeddings(), ref, atol=1e-5)

@@ -1,6 +1,7 @@
 """The write-ahead log: acknowledged records replay; a torn last line, garbage and a damaged middle record are
-each set aside in wal.rejected (byte for byte, counted in health()), their orphaned images removed, nothing else
-lost; compaction folds the log into the index files atomically (on open when long, `mope index --compact`), and a
+each set aside in wal.rejected (byte for byte, counted in health()); the torn record's orphaned image is removed,
+a damaged record's is kept in wal.rejected.images/ (it was acknowledged: it can be restored), nothing else lost;
+compaction folds the log into the index files atomically (on open when long, `mope index --compact`), and a
 `kill -9` at any step of it loses nothing."""
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 
 from mope_deploy.serve import wal
-from mope_deploy.serve.index import REJECTED_FILE, WAL_FILE, EmbeddingIndex, Item, model_fingerprint
+from mope_deploy.serve.index import (REJECTED_FILE, REJECTED_IMAGES, WAL_FILE, EmbeddingIndex, Item, index_owner,
+                                     model_fingerprint)
 
 CHILD = Path(__file__).resolve().parents[1] / "reliability" / "index_child.py"
 DIM = 8
@@ -71,6 +73,7 @@ def test_replay_and_a_torn_tail_set_aside_with_its_image(tmp_path):
 def test_a_damaged_record_is_set_aside_and_the_rest_replays(tmp_path, where, caplog):
     root, _ = _live(tmp_path, 4)
     lines = (root / WAL_FILE).read_bytes().split(b"\n")
+    good = lines[1]
     if where == "middle":
         bad = lines[1][:-8] + b'XXXXXXX}'                       # a flipped byte: the checksum fails
         lines[1] = bad
@@ -87,9 +90,24 @@ def test_a_damaged_record_is_set_aside_and_the_rest_replays(tmp_path, where, cap
     assert (h["wal_rejected_corrupt"], h["wal_rejected_torn"]) == (1, 0)
     assert [r["raw"] for r in wal.read_rejected(root)] == [bad]
     assert "moved to" in caplog.text and REJECTED_FILE in caplog.text
-    if where == "middle":   # the rejected record's image is an orphan now: removed
-        assert h["orphan_images_removed"] == 1
-        assert len(list((root / "images").glob("added-*"))) == 3
+    assert h["orphan_images_removed"] == 0
+    if where == "garbage-last":     # no image without its item: nothing to keep
+        assert h["orphan_images_kept"] == 0 and not (root / REJECTED_IMAGES).exists()
+        return
+    # the record was acknowledged: its image is kept beside wal.rejected (not removed), and health says where
+    assert h["orphan_images_kept"] == 1 and h["wal_rejected_images"] == str(root / REJECTED_IMAGES)
+    assert len(list((root / "images").glob("added-*"))) == 3
+    kept = list((root / REJECTED_IMAGES).iterdir())
+    assert [p.read_bytes() for p in kept] == [b"img1"] and REJECTED_IMAGES in caplog.text
+    assert index_owner().foreign({p.name for p in root.iterdir()}) == []     # still a folder mope wrote
+    assert len(list(EmbeddingIndex.open(root).items)) == 3 and kept[0].exists()     # a reopen keeps it too
+    # so a person can restore the record: its repaired line back in the log, its image back in images/
+    kept[0].rename(root / "images" / kept[0].name)
+    with open(root / WAL_FILE, "ab") as f:
+        f.write(good + b"\n")
+    back = EmbeddingIndex.open(root)
+    assert sorted(it.id for it in back.items) == ["x0", "x1", "x2", "x3"]
+    assert back.image_bytes(back.item("x1")) == b"img1" and back.health()["orphan_images_removed"] == 0
 
 
 def test_compaction_folds_the_log_atomically(tmp_path):
@@ -151,3 +169,35 @@ def test_kill_9_during_compaction_loses_nothing(tmp_path, step):
     gens = {p.name.split(".")[1] for p in root.glob("*.faiss")}
     assert len(gens) == 1, sorted(p.name for p in root.iterdir())     # no generation left behind
     assert json.loads((root / "index.json").read_text())["n_items"] == 4
+
+
+def _damage_second_record(root: Path) -> None:
+    lines = (root / WAL_FILE).read_bytes().split(b"\n")
+    lines[1] = lines[1][:-8] + b"XXXXXXX}"
+    (root / WAL_FILE).write_bytes(b"\n".join(lines))
+
+
+def test_a_kept_image_never_replaces_an_earlier_one_and_a_failed_move_removes_nothing(tmp_path, monkeypatch):
+    root, idx = _live(tmp_path, 3)
+    name = idx.item("x1").source["path"].split("/")[1]
+    (root / REJECTED_IMAGES).mkdir()
+    (root / REJECTED_IMAGES / name).write_bytes(b"kept earlier")     # an earlier record of the same id
+    _damage_second_record(root)
+    h = EmbeddingIndex.open(root).health()
+    assert h["orphan_images_kept"] == 1
+    assert (root / REJECTED_IMAGES / name).read_bytes() == b"kept earlier"
+    assert (root / REJECTED_IMAGES / f"{name}.1").read_bytes() == b"img1"
+    # the folder cannot be written: the image stays in images/ (this open removes nothing)
+    root, idx = _live(tmp_path / "again", 3)
+    _damage_second_record(root)
+    real = os.replace
+
+    def refuse(src, dst):
+        if Path(dst).parent.name == REJECTED_IMAGES:
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    h = EmbeddingIndex.open(root).health()
+    assert (h["orphan_images_kept"], h["orphan_images_removed"]) == (0, 0)
+    assert len(list((root / "images").glob("added-*"))) == 3
