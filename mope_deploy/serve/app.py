@@ -27,6 +27,7 @@ from .config import ServeConfig
 from .inputs import RequestError
 from .metrics import Guard, Metrics
 from .service import Service, error_response
+from .store import IndexWriteError
 
 log = logging.getLogger("mope.serve")
 
@@ -75,6 +76,11 @@ def _exception_handlers(app) -> None:
     @app.exception_handler(QueueFullError)
     async def _queue_full(request, e: QueueFullError):
         return error_response(503, str(e), "overloaded", {"Retry-After": "1"})
+
+    @app.exception_handler(IndexWriteError)
+    async def _no_room(request, e: IndexWriteError):
+        # nothing was added (the index rolled the write back): the client may retry once the disk has room
+        return error_response(507, str(e), "insufficient_storage")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, e: StarletteHTTPException):

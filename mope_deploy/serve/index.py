@@ -79,6 +79,7 @@ class EmbeddingIndex:
         self.by_id = {it.id: i for i, it in enumerate(items)}
         self.wal = WalStats()
         self._lock = threading.RLock()
+        self._adding: set[str] = set()        # ids of adds writing to disk now (reserved, not yet searchable)
 
     # --- opening ----------------------------------------------------------------------------------
     @classmethod
@@ -283,23 +284,31 @@ class EmbeddingIndex:
         emb = as_rows(embeddings, self.dim)
         if len(items) != len(emb):
             raise IndexFileError(f"{len(items)} items but {len(emb)} embeddings")
-        with self._lock:
-            seen = set()
-            for it in items:
-                if it.id in self.by_id or it.id in seen:
-                    raise DuplicateIdError(f"item id {it.id!r} is already in the index; ids are unique")
-                seen.add(it.id)
+        ids = [it.id for it in items]
+        with self._lock:                      # reserve the ids: a concurrent add of the same id is refused
+            for n, x in enumerate(ids):
+                if x in self.by_id or x in self._adding or x in ids[:n]:
+                    raise DuplicateIdError(f"item id {x!r} is already in the index; ids are unique")
+            self._adding.update(ids)
+        try:
             records = []
             for j, it in enumerate(items):
                 cap = caption_embeddings[j] if caption_embeddings is not None else None
                 cap = as_rows(cap, self.dim) if cap is not None and len(cap) else None
                 records.append(wal.WalRecord(Item(it.id, dict(it.source), list(it.captions)), emb[j], cap))
             if self.root is not None:
+                # disk work without the in-memory lock: searches go on while this waits for the folder lock
+                # (another process) and the fsyncs
                 with locked(self.root):
                     self._persist(records, images)
-            for r, it in zip(records, items):
-                it.source = r.item.source
-            return [self._apply(r) for r in records]
+            with self._lock:
+                for r, it in zip(records, items):
+                    it.source = r.item.source
+                # a compaction may have replayed these records from the log already: apply each once
+                return [self.by_id[r.item.id] if r.item.id in self.by_id else self._apply(r) for r in records]
+        finally:
+            with self._lock:
+                self._adding.difference_update(ids)
 
     def _persist(self, records: list[wal.WalRecord], images: Sequence[bytes | None] | None) -> None:
         """Write the records' images, then append the records; on failure remove the images (lock held)."""

@@ -58,7 +58,7 @@ class DuplicateIdError(IndexFileError):
 
 class IndexWriteError(IndexFileError):
     """A write to an index folder failed (disk full, permissions): names the file and the cause; nothing was
-    changed (the HTTP layer may answer 507)."""
+    changed (the HTTP layer answers 507)."""
 
 
 #: what a failed write raises: an OSError, or atomic's NoRoomError (a full disk, already named)

@@ -176,6 +176,28 @@ def test_runtime_items_are_searchable_and_served(live, noise_images, b64png, dem
     assert live.get(hit["image_url"]).content.startswith(b"\x89PNG")
 
 
+def test_a_full_disk_on_index_items_is_a_507_and_adds_nothing(live, noise_images, b64png, monkeypatch):
+    import errno
+
+    from mope_deploy.serve import wal
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = live.get("/health").json()
+    monkeypatch.setattr(wal, "append", full)
+    im = noise_images(1, size=40, seed=12)[0]
+    r = live.post("/index/items", json={"items": [{"image": b64png(im), "id": "no-room"}]})
+    assert r.status_code == 507, r.text
+    err = r.json()["error"]
+    assert err["code"] == "insufficient_storage"
+    assert "ENOSPC" in err["message"] and "adding to the index" in err["message"]
+    monkeypatch.undo()
+    assert live.get("/items/no-room").status_code == 404
+    assert live.get("/health").json()["index"]["items"] == before["index"]["items"]
+    _alive(live)
+
+
 def test_server_refuses_an_index_of_another_model(demo_index, tiny_model, model_dir):
     with pytest.raises(IndexFileError, match="not comparable"):
         build_app(str(model_dir), backend="torch", index=demo_index)

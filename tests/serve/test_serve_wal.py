@@ -201,3 +201,50 @@ def test_a_kept_image_never_replaces_an_earlier_one_and_a_failed_move_removes_no
     h = EmbeddingIndex.open(root).health()
     assert (h["orphan_images_kept"], h["orphan_images_removed"]) == (0, 0)
     assert len(list((root / "images").glob("added-*"))) == 3
+
+
+def test_searches_go_on_while_an_add_waits_for_the_folder_lock(tmp_path):
+    """An add waiting for the folder lock (held by another writer) and fsyncing does not hold the in-memory lock:
+    a search answers meanwhile; the add lands once the lock is free; its id is reserved while it waits."""
+    import threading
+    import time
+
+    from mope_deploy.serve.index import DuplicateIdError
+    from mope_deploy.serve.store import locked
+
+    root, idx = _live(tmp_path)
+    done = threading.Event()
+    with locked(root):                                    # another writer holds the folder
+        t = threading.Thread(target=lambda: (idx.add([Item("late", {"type": "stored"})], _vec(9), [b"x"]),
+                                             done.set()))
+        t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        hits = idx.search(_vec(0)[0], 1)
+        assert time.monotonic() - t0 < 0.2 and hits[0].item.id == "x0" and not done.is_set()
+        with pytest.raises(DuplicateIdError):
+            idx.add([Item("late", {"type": "stored"})], _vec(10), [b"y"])      # reserved by the waiting add
+    t.join(30)
+    assert done.is_set() and idx.search(_vec(9)[0], 1)[0].item.id == "late"
+    assert _ids(root) == ["x0", "x1", "x2", "late"]
+
+
+def test_an_add_replayed_by_a_compaction_before_it_applied_is_applied_once(tmp_path, monkeypatch):
+    """A compaction between an add's log append and its in-memory apply replays the record; the add then applies
+    nothing twice."""
+    import threading
+    import time
+
+    root, idx = _live(tmp_path)
+    real = idx._persist
+
+    def persist_then_compact(records, images):
+        real(records, images)
+        threading.Thread(target=idx.compact).start()     # waits for the folder lock held by this add
+        time.sleep(0.2)
+
+    monkeypatch.setattr(idx, "_persist", persist_then_compact)
+    pos = idx.add([Item("new", {"type": "stored"})], _vec(7), [b"n"])
+    time.sleep(1.0)                                       # the compaction ran after the lock was released
+    assert [it.id for it in idx.items].count("new") == 1 and idx.images.ntotal == len(idx.items) == 4
+    assert pos == [idx.by_id["new"]] and _ids(root) == ["x0", "x1", "x2", "new"]
