@@ -96,8 +96,8 @@ def plan_workers(requested: int | None, cpus_per_worker: float = 1.0) -> int:
 
 def exposed_listeners(pids: list[int] | None = None) -> list[str]:
     """``name pid address:port`` of every listening socket of this process's children (a local Ray's services)
-    that another machine could reach: not on a loopback address, in a network namespace with an interface other
-    than loopback. Empty without psutil."""
+    that another machine could reach: not on a loopback address, in a network namespace that has a non-loopback
+    address (:func:`~.netns.loopback_only`). Empty without psutil."""
     try:
         import psutil
     except ImportError:
