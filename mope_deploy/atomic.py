@@ -327,10 +327,11 @@ def fsync_dir(folder: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, sync_dir: bool = True) -> Iterator[Path]:
     """A temporary file name beside ``path`` for libraries that write by name (safetensors, onnx); on a clean
     exit it is fsynced and replaces ``path`` (files are always replaceable: callers write files inside folders
-    they own, or paths the user named as the file to write)."""
+    they own, or paths the user named as the file to write), and the folder is fsynced. ``sync_dir=False``: a
+    caller writing many files into one folder syncs it once itself (:func:`fsync_dir`)."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         raise OutputPathError(f"cannot write the file {path}: it is an existing folder; give a file name")
@@ -348,7 +349,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
-            fsync_dir(path.parent)
+            if sync_dir:
+                fsync_dir(path.parent)
         except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
             _no_room(path, e)
@@ -356,9 +358,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+def atomic_file(path: str | Path, mode: str = "wb", sync_dir: bool = True) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sync_dir) as tmp:
         with open(tmp, mode) as f:
             yield f
             f.flush()
@@ -371,9 +373,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes, sync_dir: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_file(path, "wb") as f:
+    with atomic_file(path, "wb", sync_dir) as f:
         f.write(data)
     return Path(path)
 

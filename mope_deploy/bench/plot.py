@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
-from ..atomic import FileOwner, atomic_file
+
+from ..atomic import FileOwner, atomic_file, check_file_target
 from .harness import BenchError
 
 
 #: a PNG this toolchain wrote (save_png tags it), under the output policy
-PLOT_FILE = FileOwner("mope plot (PNG)", lambda data: data.startswith(b"\x89PNG") and b"mope-deploy" in data[:4096])
+PLOT_FILE = FileOwner("mope plot (PNG)", lambda data: data.startswith(b"\x89PNG") and b"mope-deploy" in data[:4096],
+                      max_bytes=16 << 20)
 
 
 def model_points(results: Sequence[dict[str, Any]]) -> dict[tuple[int, str], list[tuple[float, float, str]]]:
@@ -27,15 +29,22 @@ def model_points(results: Sequence[dict[str, Any]]) -> dict[tuple[int, str], lis
     return {k: sorted(v) for k, v in out.items()}
 
 
-def plot_latency(report: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
-    """Write the plot to ``path`` (PNG, written atomically)."""
+def check_plot_path(path: str | Path, force: bool = False) -> Path:
+    """``path`` ends in .png and is absent or a plot mope wrote (any file with ``force``): checked before work."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise BenchError(f"--plot writes a PNG: give a file name ending in .png, got {path.name!r}")
+    check_file_target(path, PLOT_FILE, force)
+    return path
+
+
+def plot_latency(report: dict[str, Any], path: str | Path, title: str | None = None, force: bool = False) -> Path:
+    """Write the plot to ``path`` (PNG, written atomically; see :func:`save_png`)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise BenchError(f"--plot writes a PNG: give a file name ending in .png, got {path.name!r}")
+    path = check_plot_path(path, force)
     points = model_points(report["results"])
     if not points:
         raise BenchError("nothing to plot: the report has no results")
@@ -56,15 +65,17 @@ def plot_latency(report: dict[str, Any], path: str | Path, title: str | None = N
         ax.legend()
     env = report.get("environment", {})
     fig.suptitle(title or f"{env.get('gpu') or env.get('cpu', '')} ({env.get('device', '')})", fontsize=9)
-    return save_png(fig, path)
+    return save_png(fig, path, force)
 
 
-def save_png(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure as PNG atomically and close it (every plot of the toolchain goes through here)."""
+def save_png(fig, path: str | Path, force: bool = False) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it (every plot of the toolchain goes through here):
+    ``path`` must be absent or a plot mope wrote, unless ``force``."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     try:
+        check_file_target(path, PLOT_FILE, force)
         with atomic_file(path) as f:
             fig.savefig(f, dpi=120, format="png", metadata={"Software": "mope-deploy"})
     finally:

@@ -100,8 +100,6 @@ def bench(
     from ..bench.run import BenchSettings, parse_batch_sizes, parse_list, write_json
 
     with user_errors():
-        if plot is not None and plot.suffix.lower() != ".png":
-            raise UsageError(f"--plot writes a PNG: give a file name ending in .png, got {plot.name!r}")
         from ..runtime.ort_settings import SessionSettings
 
         try:
@@ -137,16 +135,16 @@ def bench(
             console.print(f"report written to {json_out}")
         if plot:
             from ..bench.plot import plot_latency
-            plot_latency(report, plot)
+            plot_latency(report, plot, force=force)
             console.print(f"plot written to {plot}")
 
 
 def _check_outputs(json_out: Optional[Path], plot: Optional[Path], force: bool) -> None:
     from ..atomic import check_file_target
-    from ..bench.plot import PLOT_FILE
+    from ..bench.plot import check_plot_path
     from ..bench.run import REPORT_FILE
 
     if json_out is not None:
         check_file_target(json_out, REPORT_FILE, force)
     if plot is not None:
-        check_file_target(plot, PLOT_FILE, force)
+        check_plot_path(plot, force)

@@ -45,7 +45,8 @@ def index(
     ray_timeout: float = typer.Option(600.0, "--ray-timeout", min=1,
                                       help="Fail when Ray delivers no chunk for this many seconds."),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Start a local Ray on the host network (its "
-                                    "services listen on every interface) instead of a private loopback-only one."),
+                                      "services listen on every interface) instead of a private loopback-only "
+                                      "one."),
     img_key: Optional[str] = typer.Option(None, "--csv-img-key", help="CSV column with image paths."),
     caption_key: Optional[str] = typer.Option(None, "--csv-caption-key", help="CSV column with captions."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

@@ -3,7 +3,6 @@ predicted from a few shapes timed on the backend (cached per teacher, backend, b
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from .common import MODEL_HELP, console, user_errors
+from .common import FORCE_HELP, MODEL_HELP, console, user_errors
 
 
 def plan(
@@ -27,6 +26,7 @@ def plan(
                                           "importance the shapes keep instead of by parameters."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the plan (cost models, checks, shapes) here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of parameters vs predicted latency."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     top: int = typer.Option(10, "--top", min=1, help="Shapes listed."),
     verify: int = typer.Option(0, "--verify", min=0, help="Build and time the best N shapes at full size "
                                "(round-robin) and print measured beside predicted."),
@@ -51,12 +51,17 @@ def plan(
     """List the shapes MoPE's pruning can make from TEACHER that meet the budget, best first."""
     if record:
         return _record(Path(teacher), bundle, iters)
-    from ..atomic import atomic_write_text
+    from ..atomic import check_file_target
+    from ..bench.plot import check_plot_path
     from ..importance import ScoreTable
-    from ..planning import MeasureSettings, PlanRequest, measure_candidates
+    from ..planning import PLAN_FILE, MeasureSettings, PlanRequest, measure_candidates, write_plan
     from ..planning import plan as run_plan
 
     with user_errors():
+        if json_out is not None:                        # the outputs before any timing is spent
+            check_file_target(json_out, PLAN_FILE, force)
+        if plot is not None:
+            check_plot_path(plot, force)
         settings = MeasureSettings(backend=backend, batch=batch, threads=threads, iters=iters, progress=not quiet,
                                    clock=clock, lock=lock)
         table = ScoreTable.load(scores) if scores else None
@@ -70,10 +75,10 @@ def plan(
             for t, ms in m.items():
                 row["towers"][t]["measured_ms"] = ms
         if json_out:
-            atomic_write_text(json_out, json.dumps(data, indent=1))
+            write_plan(data, json_out, force)
         if plot:
             from ..planning.plot import plot_plan
-            plot_plan(result, plot)
+            plot_plan(result, plot, force)
     console.print(summary(data))
     console.print(shapes_table(data))
     if json_out:

@@ -19,7 +19,9 @@ def serve(
                                                                     "(filled with POST /index/items)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback unless --allow-remote)."),
     port: int = typer.Option(8000, "--port", "-p", min=1, max=65535),
-    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host reachable from other machines; with --ray and no --address, also start a local Ray (its services listen on every interface)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host reachable from other machines; "
+                                      "with --ray and no --address, also start a local Ray (its services listen "
+                                      "on every interface)."),
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
     batch_policy: str = typer.Option("adaptive", "--batch-policy", help="adaptive: no fill wait, batch cap measured "
                                      "from the encoder's cost at start; fixed: --max-batch / --max-wait-ms as given."),
@@ -44,7 +46,9 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Encoder intra-op threads."),
     use_ray: bool = typer.Option(False, "--ray", help="Serve the encoder as a Ray Serve deployment (@serve.batch)."),
     replicas: int = typer.Option(1, "--replicas", min=1, help="Ray Serve encoder replicas."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address, e.g. auto after `ray start --head` (default: RAY_ADDRESS; a local Ray is started only with --allow-remote)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address, e.g. auto after `ray start "
+                                          "--head` (default: RAY_ADDRESS; a local Ray is started only with "
+                                          "--allow-remote)."),
 ) -> None:
     """Serve MODEL: OpenAI-style /v1/embeddings and /v1/models, /search over INDEX, /index/items, /health, /ready,
     /metrics, and a search page at /."""

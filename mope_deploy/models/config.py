@@ -20,7 +20,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-
 from ..errors import MopeError
 from ..vocab import TOWERS
 
@@ -112,7 +111,7 @@ class CLIPConfig:
         return getattr(self, name)
 
     def validate(self) -> "CLIPConfig":
-        """Check every field against :class:`ConfigFields` (as it would be saved: through JSON)."""
+        """Check every field against :class:`~.schema.ConfigFields` (as it would be saved: through JSON)."""
         try:
             d = json.loads(json.dumps(self.to_dict()))
         except (TypeError, ValueError) as e:

@@ -11,7 +11,8 @@ from pydantic_core import PydanticCustomError
 
 from ..vocab import RECOVERY, SPARSITY_METHODS, TOWERS
 
-#: the activations a tower may use (as models.config.Act; restated because config must not import pydantic)
+#: the activations a tower may use (as models.config.Act; restated: schema must not import config, which imports
+#: it, and the architecture test allows no cycle, even a lazy one)
 Act = Literal["gelu", "quick_gelu"]
 
 # ------------------------------------------------------------------------------------- the one schema

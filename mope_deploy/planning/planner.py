@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import FileOwner, atomic_write_text, check_file_target, json_with
 from ..importance import ScoreTable
 from ..models import CLIPConfig, load_config
 from . import cache
@@ -212,9 +214,21 @@ def measure_candidates(result: PlanResult, chosen: list[Candidate]) -> list[dict
     return measure(result.config, [c.shapes for c in chosen], result.request.settings)
 
 
+#: a plan `mope plan --json` wrote (what may be replaced without --force)
+PLAN_FILE = FileOwner("plan", json_with("budget_ms", "cost_models", "candidates"))
+
+
+def write_plan(data: dict[str, Any], path: str | Path, force: bool = False) -> Path:
+    """Write ``data`` (:meth:`PlanResult.to_dict`) to ``path`` atomically; ``path`` must be absent or a plan
+    unless ``force``."""
+    check_file_target(path, PLAN_FILE, force)
+    return atomic_write_text(path, json.dumps(data, indent=1))
+
+
 def teacher_shape(config: CLIPConfig, tower: str) -> TowerShape:
     """The teacher's own (uniform) shape of ``tower``."""
     return tower_shape(config, tower, max_heads(config, tower), config.tower(tower).depth)
 
 
-__all__ = ["Candidate", "PlanRequest", "PlanResult", "cost_models", "measure_candidates", "plan", "teacher_shape"]
+__all__ = ["Candidate", "PLAN_FILE", "PlanRequest", "PlanResult", "cost_models", "measure_candidates", "plan",
+           "teacher_shape", "write_plan"]

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..bench.plot import save_png
-from .errors import PlanningError
+from ..bench.plot import check_plot_path, save_png
 from .planner import PlanResult
 
 #: most points drawn (a both-tower plan of ViT-L/14 has ~55k pairs; the best ones are drawn)
 MAX_POINTS = 5000
 
 
-def plot_plan(result: PlanResult, path: str | Path) -> Path:
-    """Write the plot to ``path`` (PNG, atomically)."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise PlanningError(f"--plot writes a PNG: give a file name ending in .png, got {path.name!r}")
+def plot_plan(result: PlanResult, path: str | Path, force: bool = False) -> Path:
+    """Write the plot to ``path`` (PNG, atomically; absent or a plot mope wrote, unless ``force``)."""
+    path = check_plot_path(path, force)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -34,7 +31,7 @@ def plot_plan(result: PlanResult, path: str | Path) -> Path:
     ax.set_title(f"{result.to_dict(top=0)['teacher']} on {s.backend}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return save_png(fig, path)
+    return save_png(fig, path, force)
 
 
 __all__ = ["plot_plan"]

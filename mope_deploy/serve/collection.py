@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, fsync_dir
 from ..data.datasets import IMAGE_EXTS, DataReport, DatasetError, ImageFiles, TarImages
 
 
@@ -92,13 +92,15 @@ def embed_chunk(encoder, collection: Collection, start: int, stop: int, batch_si
             continue
         if png is not None:
             store_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_file(store_dir / f"{i}.png") as f:
+            with atomic_file(store_dir / f"{i}.png", sync_dir=False) as f:   # the folder once, below
                 f.write(png)
         pixels.append(x)
         kept.append(i)
         if len(pixels) >= batch_size:
             flush()
     flush()
+    if store_dir is not None and store_dir.is_dir():
+        fsync_dir(store_dir)                  # the chunk's PNGs are durable before the chunk is committed
     from ..runtime import l2_normalize
 
     emb = l2_normalize(np.concatenate(parts)) if parts else np.zeros((0, encoder.config.embed_dim), np.float32)

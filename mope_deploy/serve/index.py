@@ -21,13 +21,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import wal
+from ..atomic import fsync_dir
 from .identity import model_fingerprint
 from .search import (APPROX_MIN_ITEMS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, KINDS, approx_recall, as_rows,
                      filled, make_faiss, resolve_kind)
 from .store import (ADDED_PREFIX, CAPTIONS_FAISS, CAPTIONS_FILE, FORMAT, FORMAT_VERSION, IMAGES_FAISS, ITEMS_FILE,
                     META_FILE, REJECTED_FILE, REJECTED_IMAGES, STORED_DIR, WAL_FILE, WRITE_FAILURES, DuplicateIdError,
                     IndexFileError, IndexWriteError, Item, check_fingerprint, committed_generation, generation,
-                    index_owner, is_index, locked, new_meta, next_generation, read_data, read_meta,
+                    index_owner, is_index, locked, new_meta, read_data, read_meta,
                     remove_other_generations, require_faiss, write_data, write_error)
 
 __all__ = [
@@ -97,20 +98,15 @@ class EmbeddingIndex:
             if fingerprint is None or dim is None:
                 raise IndexFileError("creating an index needs the model's fingerprint and embedding width")
             return cls.create(root, fingerprint, dim)
-        meta = read_meta(root)
-        if fingerprint is not None:
-            check_fingerprint(meta, fingerprint, root)
         try:                               # outside the lock: reading a large index takes a while
-            index = cls(meta, *read_data(root, meta), root=root)
+            index = cls._load(root, fingerprint)
         except IndexFileError:             # perhaps compacted away meanwhile: read again under the lock
             index = None
         with locked(root):
             if index is None:
-                meta = read_meta(root)
-                if fingerprint is not None:
-                    check_fingerprint(meta, fingerprint, root)
-                index = cls(meta, *read_data(root, meta), root=root)
-            index._refresh()               # another process may have compacted since the read above
+                index = cls._load(root, fingerprint)
+            else:
+                index._refresh()           # another process may have compacted since the read above
             remove_other_generations(root, generation(index.meta))
             index._replay()
         if compact_over is not None and index.wal.pending >= compact_over:
@@ -130,6 +126,13 @@ class EmbeddingIndex:
         meta = new_meta(fingerprint, dim, resolve_kind(kind, 0), source="empty (filled at runtime)")
         write_index(root, meta, np.zeros((0, dim), np.float32), [])
         return cls.open(root, fingerprint)
+
+    @classmethod
+    def _load(cls, root: Path, fingerprint: dict[str, str] | None) -> "EmbeddingIndex":
+        meta = read_meta(root)
+        if fingerprint is not None:
+            check_fingerprint(meta, fingerprint, root)
+        return cls(meta, *read_data(root, meta), root=root)
 
     def _refresh(self) -> None:
         """Catch up with a compaction committed since this object read its files (lock held): load the generation
@@ -189,6 +192,10 @@ class EmbeddingIndex:
         except OSError as e:                  # the rest stay in images/: not lost now, but a later open removes them
             log.warning("index %s: cannot move stored images to %s (%s); %s still holds %d of them: copy them out "
                         "before the index is opened again", self.root, folder, e, STORED_DIR, len(orphans) - moved)
+        if not moved:
+            return
+        for d in (folder, self.root / STORED_DIR, self.root):    # the moves (and the new folder) made durable
+            fsync_dir(d)
         self.wal.orphans_kept += moved
         log.warning("index %s: kept %d stored image(s) of set-aside records in %s (%s): to restore a record, "
                     "repair its line from %s, append it to %s and move its image back to %s/", self.root,
@@ -243,8 +250,9 @@ class EmbeddingIndex:
             return hits
 
     def item(self, item_id: str) -> Item | None:
-        pos = self.by_id.get(item_id)
-        return None if pos is None else self.items[pos]
+        with self._lock:                      # a refresh may swap in another generation's order
+            pos = self.by_id.get(item_id)
+            return None if pos is None else self.items[pos]
 
     def image_file(self, item: Item) -> tuple[str, int, int] | None:
         """(path, offset, size) of an item's encoded image bytes (size -1: the whole file), or None."""
@@ -286,9 +294,11 @@ class EmbeddingIndex:
             raise IndexFileError(f"{len(items)} items but {len(emb)} embeddings")
         ids = [it.id for it in items]
         with self._lock:                      # reserve the ids: a concurrent add of the same id is refused
-            for n, x in enumerate(ids):
-                if x in self.by_id or x in self._adding or x in ids[:n]:
+            seen: set[str] = set()
+            for x in ids:
+                if x in self.by_id or x in self._adding or x in seen:
                     raise DuplicateIdError(f"item id {x!r} is already in the index; ids are unique")
+                seen.add(x)
             self._adding.update(ids)
         try:
             records = []
@@ -321,8 +331,10 @@ class EmbeddingIndex:
                 if data is not None:
                     rel = f"{STORED_DIR}/{ADDED_PREFIX}{_safe_name(r.item.id)}"
                     written.append(self.root / rel)
-                    atomic_write_bytes(self.root / rel, data)
+                    atomic_write_bytes(self.root / rel, data, sync_dir=False)
                     r.item.source = {"type": "stored", "path": rel}
+            if written:
+                fsync_dir(self.root / STORED_DIR)    # the images' folder once, before the record that names them
             wal.append(self.root, records)
         except WRITE_FAILURES as e:
             for p in written:
@@ -349,7 +361,7 @@ class EmbeddingIndex:
 
     # --- compaction -------------------------------------------------------------------------------
     def compact(self, on_step=None) -> dict[str, Any]:
-        """Fold the log into the index files: write a new generation (numbered above any on disk), commit it by
+        """Fold the log into the index files: remove leftovers, write generation ``g + 1``, commit it by
         replacing ``index.json``, then empty the log and remove the old generation. All under the lock, after
         catching up with what other processes committed and logged, so none of their items is dropped. A crash at
         any point loses nothing (see :mod:`.store`).
@@ -365,7 +377,7 @@ class EmbeddingIndex:
             if not folded:
                 return {"folded": 0, "generation": old, "items": len(self.items)}
             remove_other_generations(self.root, old)     # leftovers of a compaction cut short
-            new = next_generation(self.root, old)
+            new = old + 1                         # the removal above left no other generation on disk
             now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             meta = {**self.meta, "generation": new, "n_items": len(self.items), "n_captions": len(self.caption_rows),
                     "compacted": now}

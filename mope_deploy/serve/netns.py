@@ -122,8 +122,11 @@ def addresses(pid: int | str = "self") -> list[str]:
 
 def loopback_only(pid: int | str = "self") -> bool:
     """True when every address of ``pid``'s network namespace is a loopback address (a listener there on 0.0.0.0 or
-    :: cannot be reached from another machine)."""
-    return all(ipaddress.ip_address(a).is_loopback for a in addresses(pid))
+    :: cannot be reached from another machine); False where that cannot be read (no /proc: not Linux)."""
+    try:
+        return all(ipaddress.ip_address(a).is_loopback for a in addresses(pid))
+    except OSError:
+        return False
 
 
 def run_private(target: str, payload: dict[str, Any], *, errors: tuple[type[Exception], ...] = (),

@@ -8,6 +8,7 @@ private network namespace whose only interface is loopback (:mod:`.netns`, :func
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 from typing import Any
@@ -20,23 +21,31 @@ class RayResourceError(ServeError):
     """The Ray cluster cannot hold what was asked (names the resources and the fix)."""
 
 
-def require_ray():
+def require_ray(component: str = "data"):
+    """``ray``, with ``ray.<component>`` (data: indexing, serve: serving) importable, or a ServeError naming the
+    extra to install."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        importlib.import_module(f"ray.{component}")
     except ImportError as e:
         raise ServeError(f"Ray is not installed ({e}): pip install 'mope-deploy[ray]' (ray[serve,data])") from None
     return ray
 
 
-def start_ray(address: str | None, *, allow_remote: bool = False, num_cpus: int | None = None) -> bool:
-    """Connect to ``address`` or start a local Ray; returns True when this call started (and so owns) it.
-    An already initialised Ray (a caller's) is used as it is."""
+def ray_address(address: str | None) -> str | None:
+    """The cluster to join: ``address``, else ``RAY_ADDRESS``, else None (start a new local one)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def start_ray(address: str | None, *, allow_remote: bool = False, num_cpus: int | None = None,
+              log_to_driver: bool = False) -> bool:
+    """Connect to ``address`` (or ``RAY_ADDRESS``) or start a local Ray; returns True when this call started (and
+    so owns) it. An already initialised Ray (a caller's) is used as it is."""
     ray = require_ray()
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=log_to_driver, configure_logging=False)
+    address = ray_address(address)
     if address is None:
         address = "local"                   # a new cluster: never one `ray start` left in /tmp/ray
         kwargs["num_cpus"] = num_cpus
@@ -57,7 +66,7 @@ def needs_private_network(opts) -> bool:
     """Whether a build with these :class:`~.build.RayOptions` would start a local Ray of its own that must be
     confined to loopback: no ``address`` (nor ``RAY_ADDRESS``), no ``allow_remote``, not already confined, and no
     Ray running in this process (a caller's Ray is used as it is)."""
-    if opts.address is not None or os.environ.get("RAY_ADDRESS") or opts.allow_remote or opts.private:
+    if ray_address(opts.address) is not None or opts.allow_remote or opts.private:
         return False
     return not require_ray().is_initialized()
 
@@ -110,19 +119,12 @@ def exposed_listeners(pids: list[int] | None = None) -> list[str]:
             name = p.name()
         except (psutil.Error, OSError):
             continue
-        if _loopback_only_network(p.pid):             # there "every interface" is loopback
+        if loopback_only(p.pid):                      # there "every interface" is loopback
             continue
         for c in conns:
             if c.status == psutil.CONN_LISTEN and not _loopback(c.laddr.ip):
                 out.append(f"{name} {p.pid} {c.laddr.ip}:{c.laddr.port}")
     return out
-
-
-def _loopback_only_network(pid: int) -> bool:
-    try:
-        return loopback_only(pid)
-    except OSError:                                   # no /proc (not Linux): assume the host's interfaces
-        return False
 
 
 def _loopback(ip: str) -> bool:

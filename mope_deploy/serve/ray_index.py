@@ -55,15 +55,17 @@ class _ChunkWorker:
 
 def _unpack(payload: bytes, store_dir: Path):
     """A worker's chunk: (emb, kept, bad); its in-memory images are written to ``store_dir``."""
-    from ..atomic import atomic_write_bytes
+    from ..atomic import atomic_write_bytes, fsync_dir
 
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:
         emb, kept, bad = z["emb"], z["kept"].tolist(), [tuple(b) for b in json.loads(str(z["bad"]))]
         blob, offset = z["png"].tobytes(), 0
         for p, n in zip(z["png_pos"].tolist(), z["png_len"].tolist()):
             store_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(store_dir / f"{p}.png", blob[offset:offset + n])
+            atomic_write_bytes(store_dir / f"{p}.png", blob[offset:offset + n], sync_dir=False)
             offset += n
+    if store_dir.is_dir():
+        fsync_dir(store_dir)                  # once per chunk, before the chunk is committed
     return emb, kept, bad
 
 

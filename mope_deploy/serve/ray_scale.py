@@ -11,24 +11,19 @@ where the compute is, scales out. Needs the ``ray`` extra (``pip install 'mope-d
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ServeError
+from .ray_cluster import ray_address, start_ray
+from .ray_cluster import require_ray as _require_ray
 from .ray_embedder import RayEmbedder  # noqa: F401  (the ingress's embedder; importable from here)
 
 
 def require_ray():
-    try:
-        import ray
-        from ray import serve  # noqa: F401
-    except ImportError as e:
-        from .errors import ServeError
-        raise ServeError(f"Ray is not installed ({e}): pip install 'mope-deploy[ray]' (ray[serve,data])") from None
-    return ray
+    return _require_ray("serve")
 
 
 def _config(model: str):
@@ -143,8 +138,7 @@ def ray_application(model: str, *, backend: str = "onnxruntime", index: str | Pa
 def check_ray_start(address: str | None, allow_remote: bool) -> None:
     """Refuse to start a local Ray for `mope serve --ray` without ``allow_remote`` (see :func:`run_ray`)."""
     ray = require_ray()
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None and not allow_remote and not ray.is_initialized():
+    if ray_address(address) is None and not allow_remote and not ray.is_initialized():
         raise ServeError(
             f"a local Ray's own services (GCS, raylet, workers) listen on every interface (Ray {ray.__version__} "
             "binds its gRPC servers so), which `mope serve --ray` cannot confine to loopback: start Ray yourself "
@@ -161,18 +155,11 @@ def run_ray(app, *, host: str = "127.0.0.1", port: int = 8000, address: str | No
     from .server import check_host
 
     check_host(host, allow_remote)
-    ray = require_ray()
+    require_ray()
     from ray import serve
 
-    if not ray.is_initialized():
-        check_ray_start(address, allow_remote)
-        try:
-            address = address or os.environ.get("RAY_ADDRESS") or None
-            ray.init(address=address or "local", include_dashboard=False, ignore_reinit_error=True)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ServeError(f"cannot connect to Ray at {address or 'a new local cluster'}: "
-                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; check --address (auto after "
-                             "`ray start --head`, or ray://HEAD:10001)") from None
+    check_ray_start(address, allow_remote)
+    start_ray(address, allow_remote=True, log_to_driver=True)   # allowed by the check: remote, or --allow-remote
     serve.start(http_options={"host": host, "port": port})
     return serve.run(app, name="mope", route_prefix="/", blocking=blocking)
 

@@ -12,8 +12,8 @@ One directory::
     wal.jsonl           write-ahead log of runtime additions (:mod:`.wal`); wal.rejected: records it refused
     wal.rejected.images/  images of refused records, kept when a damaged (not torn) record was set aside
 
-``index.json`` is the commit point: compaction (under the lock) writes a new generation, numbered above every
-generation on disk, beside the committed one, then replaces ``index.json`` (atomic rename), then removes the old
+``index.json`` is the commit point: compaction (under the lock) first removes leftovers, then writes generation
+committed + 1 beside the committed one, then replaces ``index.json`` (atomic rename), then removes the old
 files; files of any generation ``index.json`` does not name are leftovers of an interrupted compaction and are
 removed under the lock. Whoever removes files reads ``index.json`` under the lock first: another process may have
 compacted since it last looked.
@@ -203,9 +203,9 @@ def check_fingerprint(meta: dict[str, Any], fingerprint: dict[str, str], root: s
 # Data files by generation
 
 
-def data_files(generation: int) -> dict[str, str]:
-    """File names of generation ``generation`` (0: the plain names)."""
-    g = "" if generation == 0 else f".{generation}"
+def data_files(gen: int) -> dict[str, str]:
+    """File names of generation ``gen`` (0: the plain names)."""
+    g = "" if gen == 0 else f".{gen}"
     return {"images": f"images{g}.faiss", "items": f"items{g}.jsonl", "captions": f"captions{g}.faiss",
             "caption_rows": f"captions{g}.jsonl"}
 
@@ -213,7 +213,7 @@ def data_files(generation: int) -> dict[str, str]:
 def read_data(root: Path, meta: dict[str, Any]):
     """(images faiss, items, captions faiss | None, caption rows) of ``meta``'s generation, checked."""
     faiss = require_faiss()
-    names = data_files(int(meta.get("generation", 0)))
+    names = data_files(generation(meta))
     try:
         images = faiss.read_index(str(root / names["images"]))
         items = [Item.from_dict(d, f"{root / names['items']} line {n}")
@@ -239,13 +239,13 @@ def read_data(root: Path, meta: dict[str, Any]):
     return images, items, captions, rows
 
 
-def write_data(root: Path, generation: int, images, items: Iterable[Item], captions=None,
+def write_data(root: Path, gen: int, images, items: Iterable[Item], captions=None,
                caption_rows: Iterable[dict[str, Any]] | None = None) -> None:
-    """Write generation ``generation``'s files into ``root``, each atomically (temporary sibling + fsync)."""
+    """Write generation ``gen``'s files into ``root``, each atomically (temporary sibling + fsync)."""
     from ..atomic import atomic_file
 
     faiss = require_faiss()
-    names = data_files(generation)
+    names = data_files(gen)
     with atomic_file(root / names["images"]) as f:
         f.write(faiss.serialize_index(images).tobytes())
     write_jsonl(root / names["items"], (it.to_dict() for it in items))
@@ -276,11 +276,6 @@ def committed_generation(root: Path) -> int | None:
         return generation(read_meta(root))
     except IndexFileError:
         return None
-
-
-def next_generation(root: Path, committed: int) -> int:
-    """A generation number no file on disk uses yet: above ``committed`` and above any leftover's."""
-    return max([committed, *generation_files(root)]) + 1
 
 
 def remove_other_generations(root: Path, keep: int) -> list[Path]:

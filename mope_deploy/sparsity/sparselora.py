@@ -251,7 +251,7 @@ def recover(dense_model, sparse_model, data, spec: RecoverSpec = RecoverSpec(), 
     towers = tuple((sparse_model.config.sparsity or {}).get("towers", TOWERS))
     check_recover(spec, towers)
     lt = lora_towers(spec, towers)
-    with torch.random.fork_rng(devices=[]):   # seeded adapters (a rerun gives the same model), global RNG untouched
+    with torch.random.fork_rng(devices=[]):   # seeded adapters (a rerun gives the same model); CPU RNG restored
         torch.manual_seed(spec.seed)
         model = attach(dense_model, sparse_model, spec.rank, lt, alpha=spec.alpha)
     if not any(p.requires_grad for p in model.parameters()):

@@ -6,7 +6,6 @@ and the log's creation are followed by an fsync of their folder (a power loss ke
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 from pathlib import Path
@@ -20,7 +19,7 @@ import mope_deploy.atomic as atomic  # noqa: E402
 import mope_deploy.serve.index as index_mod  # noqa: E402
 from mope_deploy.serve.index import (WAL_FILE, EmbeddingIndex, IndexWriteError, Item,  # noqa: E402
                                      model_fingerprint)
-from mope_deploy.serve.store import generation_files  # noqa: E402
+from mope_deploy.serve.store import generation, generation_files, read_meta  # noqa: E402
 
 DIM = 8
 
@@ -45,7 +44,7 @@ def _live(tmp_path: Path, n: int = 2) -> Path:
 
 
 def _generation(root: Path) -> int:
-    return json.loads((root / "index.json").read_text())["generation"]
+    return generation(read_meta(root))
 
 
 def _check_all(root: Path, ids: list[str]) -> EmbeddingIndex:

@@ -135,3 +135,30 @@ def test_a_plot_mope_wrote_is_replaced_but_a_users_png_is_not(tmp_path):
     with pytest.raises(OutputPathError, match="holiday.png"):
         check_file_target(users, PLOT_FILE)
     check_file_target(users, PLOT_FILE, force=True)
+    before = users.read_bytes()
+    with pytest.raises(OutputPathError, match="holiday.png"):       # the writer itself refuses (every plot)
+        save_png(plt.figure(), users)
+    assert users.read_bytes() == before
+    save_png(plt.figure(), ours)                                     # its own: replaced
+    save_png(plt.figure(), users, force=True)
+    assert PLOT_FILE.recognises(users.read_bytes())
+
+
+def test_mope_plan_writes_its_json_and_plot_under_the_output_policy(tmp_path):
+    """A plan JSON or plot path holding a user's file is refused before any timing; a plan mope wrote is not."""
+    from mope_deploy.atomic import OutputPathError, check_file_target
+    from mope_deploy.planning import PLAN_FILE, write_plan
+
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    cli(["plan", "demo", "--backend", "torch", "--speedup", "2", "--json", str(notes)], "notes.json", "--force",
+        watch=tmp_path)
+    holiday = tmp_path / "holiday.png"
+    holiday.write_bytes(b"\x89PNG\r\n\x1a\n not ours")
+    cli(["plan", "demo", "--backend", "torch", "--speedup", "2", "--plot", str(holiday)], "holiday.png", "--force",
+        watch=tmp_path)
+    plan = write_plan({"budget_ms": 1.0, "cost_models": {}, "candidates": []}, tmp_path / "plan.json")
+    check_file_target(plan, PLAN_FILE)                           # a plan mope wrote: replaceable
+    with pytest.raises(OutputPathError, match="notes.json"):
+        write_plan({"budget_ms": 1.0, "cost_models": {}, "candidates": []}, notes)
+    assert notes.read_text() == '{"mine": 1}'

@@ -236,15 +236,15 @@ def test_an_add_replayed_by_a_compaction_before_it_applied_is_applied_once(tmp_p
     import time
 
     root, idx = _live(tmp_path)
-    real = idx._persist
+    real, compaction = idx._persist, threading.Thread(target=idx.compact)
 
     def persist_then_compact(records, images):
         real(records, images)
-        threading.Thread(target=idx.compact).start()     # waits for the folder lock held by this add
+        compaction.start()                                # waits for the folder lock held by this add
         time.sleep(0.2)
 
     monkeypatch.setattr(idx, "_persist", persist_then_compact)
     pos = idx.add([Item("new", {"type": "stored"})], _vec(7), [b"n"])
-    time.sleep(1.0)                                       # the compaction ran after the lock was released
+    compaction.join(30)
     assert [it.id for it in idx.items].count("new") == 1 and idx.images.ntotal == len(idx.items) == 4
     assert pos == [idx.by_id["new"]] and _ids(root) == ["x0", "x1", "x2", "new"]
